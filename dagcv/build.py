@@ -1,0 +1,180 @@
+"""Build stage: instantiate blocks in topological order and propagate concrete shapes with fake tensors.
+
+Constructor arguments are the validated parameters plus what the shape pass inferred (``in_channels``...).
+Shapes are propagated with :class:`~torch._subclasses.fake_tensor.FakeTensorMode` (no real compute); a block
+whose forward cannot run on fake tensors (data-dependent control flow, say) runs once on real example tensors
+instead. Each block's actual output shapes are checked against its declared contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dagcv.errors import SpecError
+from dagcv.graph import INPUT_PORT, SpecGraph
+from dagcv.types import KINDS, format_shape
+
+
+class ContractError(RuntimeError):
+    """A block's real outputs disagree with its declared contract: a bug in the block, not in the spec."""
+
+
+@dataclass
+class BuiltGraph:
+    """The checked graph with its block instances and the concrete example value shapes of every output."""
+
+    sg: SpecGraph
+    objects: dict[str, Any] = field(default_factory=dict)  # node -> block instance (modules and others)
+    shapes: dict[tuple[str, str], tuple[int, ...] | str] = field(default_factory=dict)  # (node, port) -> shape
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {n: m for n, m in self.objects.items() if isinstance(m, nn.Module)}
+
+    def kwargs(self, node: str) -> dict[str, Any]:
+        """The constructor arguments a node was built with."""
+        data = self.sg.node(node)
+        return {**data["params"], **data.get("inferred", {})}
+
+
+def build(sg: SpecGraph, *, propagate: bool = True) -> BuiltGraph:
+    """Instantiate every block; with ``propagate``, run fake tensors through them and check the contracts."""
+    built = BuiltGraph(sg)
+    for name in sg.order():
+        data = sg.node(name)
+        if data["kind"] != "block":
+            continue
+        contract = data["contract"]
+        factory = sg.registry.implementation(contract.name)
+        try:
+            built.objects[name] = factory(**built.kwargs(name))
+        except (TypeError, ValueError, RuntimeError, FileNotFoundError) as exc:
+            raise SpecError.at(
+                sg.spec.source.key("blocks", name), f"building '{name}' ({contract.name}) failed: {exc}", node=name,
+                hint="check the block's parameters (`dagcv blocks " + contract.name + "`)",
+            ) from exc  # fmt: skip
+    if propagate:
+        propagate_shapes(built)
+    return built
+
+
+def example_value(kind: str, shape: list[int]) -> torch.Tensor:
+    """An example tensor of a kind: zeros for index kinds (valid class ids), normal noise otherwise."""
+    dtype = getattr(torch, KINDS[kind].dtype)
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+def call_args(sg: SpecGraph, node: str, values: dict[tuple[str, str], Any]) -> list[Any]:
+    """Positional arguments of a block call: its run-time input ports in order (missing optional → None)."""
+    contract = sg.node(node)["contract"]
+    wired = {d["dst_port"]: (u, d["src_port"]) for u, d in sg.in_edges(node)}
+    args = []
+    for port in contract.inputs:
+        if KINDS[port.parsed.kind].static:
+            continue
+        src = wired.get(port.name)
+        args.append(values.get(src) if src else None)
+    while args and args[-1] is None:
+        args.pop()
+    return args
+
+
+def propagate_shapes(built: BuiltGraph) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    sg = built.sg
+    values: dict[tuple[str, str], Any] = {}
+    was_training = {n: m.training for n, m in built.modules.items()}
+    for m in built.modules.values():
+        m.eval()
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        for name in sg.order():
+            data = sg.node(name)
+            if data["kind"] == "input":
+                shape = data["shapes"][INPUT_PORT]
+                kind = data["type"].kind if data.get("type") else "Tensor"
+                if shape is not None and KINDS[kind].tensor:
+                    with fake:
+                        values[(name, INPUT_PORT)] = example_value(kind, [d.value for d in shape])
+            elif data["contract"].is_source:
+                for port in data["contract"].outputs:
+                    dims = data["shapes"].get(port.name)
+                    if KINDS[port.parsed.kind].tensor and dims is not None:
+                        with fake:
+                            values[(name, port.name)] = example_value(port.parsed.kind, [d.value for d in dims])
+            else:
+                _run_block(built, name, values, fake)
+            for port, value in _outputs_of(sg, name, values):
+                built.shapes[(name, port)] = describe(value)
+    finally:
+        for n, m in built.modules.items():
+            m.train(was_training[n])
+
+
+def _run_block(built: BuiltGraph, name: str, values: dict, fake) -> None:
+    sg = built.sg
+    contract = sg.node(name)["contract"]
+    args = call_args(sg, name, values)
+    module = built.objects[name]
+    try:
+        with fake, torch.no_grad():
+            out = module(*args)
+    except Exception:  # noqa: BLE001 - any fake-tensor limitation: fall back to real example tensors
+        real = [_realize(a) for a in args]
+        with torch.no_grad():
+            out = module(*real)
+    ports = [p.name for p in contract.outputs]
+    if len(ports) == 1:
+        out = {ports[0]: out}
+    elif not isinstance(out, dict) or set(out) != set(ports):
+        got = sorted(out) if isinstance(out, dict) else type(out).__name__
+        raise ContractError(f"block '{contract.name}' ({contract.target}) must return a dict with keys {ports}, "
+                            f"got {got}")  # fmt: skip
+    for port in contract.outputs:
+        value = out[port.name]
+        values[(name, port.name)] = value
+        dims = sg.node(name)["shapes"].get(port.name)
+        if dims is not None and isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(d.value for d in dims):
+            raise ContractError(
+                f"node '{name}': block '{contract.name}' ({contract.target}) returned {port.name} of shape "
+                f"{tuple(value.shape)}, but its contract {port.type} says {format_shape(dims, concrete=True)} "
+                f"({format_shape(dims)}); fix the block or its contract"
+            )
+
+
+def _realize(value: Any) -> Any:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(value, FakeTensor):
+        return example_value("Tensor" if value.dtype.is_floating_point else "Labels", list(value.shape)).to(
+            value.dtype
+        )
+    return value
+
+
+def _outputs_of(sg: SpecGraph, name: str, values: dict) -> list[tuple[str, Any]]:
+    data = sg.node(name)
+    ports = [INPUT_PORT] if data["kind"] == "input" else [p.name for p in data["contract"].outputs]
+    return [(p, values.get((name, p))) for p in ports]
+
+
+def describe(value: Any) -> tuple[int, ...] | str:
+    """A concrete shape for tensors, a short description for anything else."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, torch.distributions.Distribution):
+        return f"{type(value).__name__}{tuple(value.batch_shape)}"
+    if value is None:
+        return "static"
+    return type(value).__name__
+
+
+def parameter_count(module: Any) -> int:
+    return sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0

@@ -1,0 +1,177 @@
+"""The ``dagcv`` command line. Invalid specs exit 2 with compiler-style diagnostics; internal bugs exit 1.
+
+Imports are deferred to each command so that ``dagcv --help`` and ``dagcv check`` never load torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from dagcv import __version__
+from dagcv.errors import SpecError
+
+
+def _print_error(exc: SpecError, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in exc.diagnostics], indent=2))
+        return
+    text = exc.format()
+    if sys.stderr.isatty():
+        text = text.replace(": error:", ": \x1b[1;31merror:\x1b[0m")
+    click.echo(text, err=True)
+    n = len(exc.diagnostics)
+    click.echo(f"{n} error{'s' if n != 1 else ''} found", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SpecError as exc:
+            _print_error(exc, bool(ctx.meta.get("json")))
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dagcv")
+def main() -> None:
+    """dagcv: typed block graphs for deep learning, checked before anything runs.
+
+    Write a spec (YAML), then: `dagcv check` it, `dagcv compile` it to a plain PyTorch module, and list the
+    blocks you can use with `dagcv blocks`.
+    """
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print diagnostics as a JSON list.")
+@click.pass_context
+def check(ctx: click.Context, specs: tuple[Path, ...], as_json: bool) -> None:
+    """Parse and statically check SPECS (no torch): every error, with its line."""
+    from dagcv.compiler import check_file
+
+    ctx.meta["json"] = as_json
+    problems: list = []
+    sources: dict[str, str] = {}
+    for spec in specs:
+        try:
+            check_file(spec)
+        except SpecError as exc:
+            problems += exc.diagnostics
+            sources.update(exc.sources)
+    if problems:
+        raise SpecError(problems, sources)
+    if as_json:
+        click.echo("[]")
+    else:
+        click.echo(f"ok: {', '.join(map(str, specs))}")
+
+
+@main.command(name="compile")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: build/<name>/).")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the summary table.")
+def compile_cmd(spec: Path, out_dir: Path | None, quiet: bool) -> None:
+    """Check, build and lower SPEC; write the resolved spec, model.py and summary.md."""
+    from dagcv.compiler import compile_file
+
+    result = compile_file(spec)
+    target = out_dir or Path("build") / result.built.sg.spec.name
+    files = result.files(source_name=str(spec))
+    write_atomically(target, files)
+    if not quiet:
+        _print_summary(result)
+    click.echo(f"wrote {target}/: {', '.join(files)}")
+
+
+def write_atomically(target: Path, files: dict[str, str | bytes]) -> None:
+    """Write ``files`` into folder ``target`` all at once: a failure leaves the old folder (or none)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, content in files.items():
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dagcv.report import summary_rows
+
+    rows = summary_rows(result.built)
+    table = Table(title=f"{result.built.sg.spec.name}", title_justify="left")
+    for col, justify in [("node", "left"), ("block", "left"), ("mode", "left"), ("output", "left"),
+                         ("params", "right")]:  # fmt: skip
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r["node"], r["block"], r["mode"], r["output"], f"{r['params']:,}")
+    table.add_row("total", "", "", "", f"{sum(r['params'] for r in rows):,}", style="bold")
+    Console().print(table)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print contracts as JSON.")
+def blocks(name: str | None, as_json: bool) -> None:
+    """List registered blocks by family, or show one block's ports, parameters and source."""
+    from dagcv.errors import did_you_mean
+    from dagcv.registry import registry
+
+    reg = registry()
+    if name is None:
+        if as_json:
+            click.echo(json.dumps([reg.contracts[n].to_json() for n in reg.names()], indent=1))
+            return
+        for family, contracts in reg.by_family().items():
+            click.echo(f"{family}:")
+            for c in contracts:
+                click.echo(f"  {c.name:<24} {c.doc}")
+        return
+    contract = reg.get(name)
+    if contract is None:
+        raise SpecError.at(None, f"unknown block type '{name}'",
+                           hint=did_you_mean(name, reg.names()) or "`dagcv blocks` lists every block")  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(contract.to_json(), indent=1))
+        return
+    click.echo(_describe(contract))
+
+
+def _describe(c) -> str:
+    lines = [f"{c.name}  ({c.family})", f"  {c.doc}", "", f"  class: {c.target.replace(':', '.')}",
+             f"  file:  {c.file}:{c.line}", f"  mode:  {c.default_mode} (default)", "", "  inputs:"]  # fmt: skip
+    lines += [f"    {p.name}: {p.type}" for p in c.inputs] or ["    (none)"]
+    lines += ["", "  outputs:"] + [f"    {p.name}: {p.type}" for p in c.outputs]
+    lines += ["", "  parameters:"]
+    for p in c.params:
+        default = "required" if p.required else f"default {json.dumps(p.default)}"
+        inferred = f"; inferred from {c.infer[p.name]}" if p.name in c.infer else ""
+        lines.append(f"    {p.name}: {p.annotation} ({default}{inferred})")
+        if p.doc:
+            lines.append(f"        {p.doc}")
+    if not c.params:
+        lines.append("    (none)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Eject: write a lowered spec as a standalone PyTorch file that reads like hand-written code.
+
+The file imports only torch and the block library; loaded with the dagcv model's ``state_dict`` it computes
+the same outputs. It is emitted from the same per-mode :class:`~dagcv.lower.Program` as the fx graphs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dagcv import __version__
+from dagcv.build import BuiltGraph
+from dagcv.lower import Program, Value, class_name_for, make_program
+
+
+def eject(built: BuiltGraph, source_name: str | None = None) -> str:
+    """The Python source of a standalone ``nn.Module`` equivalent to the lowered spec."""
+    sg = built.sg
+    name = class_name_for(sg.spec.name)
+    imports: dict[str, set[str]] = {}
+    lines_init = []
+    for node, module in built.modules.items():
+        contract = sg.node(node)["contract"]
+        mod, qualname = contract.target.split(":")
+        imports.setdefault(mod, set()).add(qualname.split(".")[0])
+        args = ", ".join(f"{k}={_literal(v)}" for k, v in _explicit_kwargs(built, node).items())
+        lines_init.append(f"        self.{node} = {qualname}({args})")
+    programs = {mode: make_program(sg, mode) for mode in ("train", "eval")}
+    ports = {n: [p.name for p in sg.node(n)["contract"].outputs] for n in built.modules}
+    out = [
+        f'"""{sg.spec.name}: ejected by dagcv {__version__} from {source_name or sg.spec.source.file}.',
+        "",
+        "Plain PyTorch, free to edit. Weights of the dagcv model load as they are:",
+        f"    model = {name}(); model.load_state_dict(torch.load(path, weights_only=True))",
+        '"""',
+        "",
+        "import torch",
+        "from torch import nn",
+        "",
+        *(f"from {mod} import {', '.join(sorted(names))}" for mod, names in sorted(imports.items())),
+        "",
+        "",
+        f"class {name}(nn.Module):",
+        "    def __init__(self) -> None:",
+        "        super().__init__()",
+        *lines_init,
+        "",
+    ]
+    if programs["train"].signature() == programs["eval"].signature():
+        out += _method("forward", programs["train"], ports)
+    else:
+        train, evaluate = programs["train"], programs["eval"]
+        params = _params(train, evaluate)
+        out += [
+            f"    def forward(self, {params}):",
+            "        if self.training:",
+            f"            return self.forward_train({_call_args(train)})",
+            f"        return self.forward_eval({_call_args(evaluate)})",
+            "",
+            *_method("forward_train", train, ports, only_used=True),
+            "",
+            *_method("forward_eval", evaluate, ports, only_used=True),
+        ]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _explicit_kwargs(built: BuiltGraph, node: str) -> dict[str, Any]:
+    """Arguments that differ from the constructor's defaults, and every inferred one."""
+    data = built.sg.node(node)
+    contract = data["contract"]
+    inferred = data.get("inferred", {})
+    out = {}
+    for p in contract.params:
+        value = inferred.get(p.name, data["params"].get(p.name))
+        if p.name in inferred or p.required or _jsonable(value) != _jsonable(p.default):
+            out[p.name] = value
+    return out
+
+
+def _jsonable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value)
+
+
+def _params(*programs: Program) -> str:
+    """The ``forward`` signature: an argument is optional if any mode can do without it (and after that)."""
+    out, optional = [], False
+    for args in zip(*(p.inputs for p in programs), strict=True):
+        optional = optional or any(a.optional for a in args)
+        out.append(f"{args[0].name}=None" if optional else args[0].name)
+    return ", ".join(out)
+
+
+def _call_args(program: Program) -> str:
+    return ", ".join(a.name for a in program.inputs if a.used)
+
+
+def _method(name: str, program: Program, ports: dict[str, list[str]], only_used: bool = False) -> list[str]:
+    names = {a.value: a.name for a in program.inputs}
+    params = _call_args(program) if only_used else _params(program)
+
+    def ref(v: Value | None) -> str:
+        if v is None:
+            return "None"
+        if v in names:
+            return names[v]
+        return f'{v.node}["{v.port}"]' if len(ports[v.node]) > 1 else v.node
+
+    lines = [f"    def {name}(self, {params}):" if params else f"    def {name}(self):"]
+    for step in program.steps:
+        lines.append(f"        {step.node} = self.{step.node}({', '.join(ref(a) for a in step.args)})")
+    body = ", ".join(f'"{k}": {ref(v)}' for k, v in program.outputs.items())
+    lines.append(f"        return {{{body}}}")
+    return lines

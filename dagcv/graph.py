@@ -1,0 +1,370 @@
+"""The block graph: a networkx multigraph of typed nodes and port-to-port edges, plus the structural passes.
+
+Each pass is a function over a :class:`SpecGraph` that reads and writes node data and appends diagnostics;
+:mod:`dagcv.compiler` runs them in order. A node that a pass finds broken is marked ``poisoned`` so that later
+passes skip it instead of reporting the same mistake again in other words.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+from pydantic import ConfigDict, Field, ValidationError, create_model
+
+from dagcv.errors import Diagnostic, Span, did_you_mean
+from dagcv.registry import Contract, Registry, annotation_type
+from dagcv.spec.ir import Spec
+from dagcv.spec.parse import validation_diagnostics
+from dagcv.types import KINDS, PortType, ShapeError, parse_port_type
+
+INPUT_PORT = "out"  # the one output port of a spec input
+MODES = {"train": {"train"}, "eval": {"eval"}, "both": {"train", "eval"}}
+
+# Attribute names of torch.nn.Module (checked against torch in the test suite): a node named like one of these
+# would shadow it in the lowered module.
+MODULE_ATTRIBUTES = frozenset(
+    "add_module apply bfloat16 buffers call_super_init children compile cpu cuda double dump_patches eval "
+    "extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict "
+    "modules mtia named_buffers named_children named_modules named_parameters parameters "
+    "register_backward_hook register_buffer register_forward_hook register_forward_pre_hook "
+    "register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook "
+    "register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook "
+    "register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smooth_l1 state_dict "
+    "to to_empty train training type xpu zero_grad code graph".split()
+)
+
+
+@dataclass
+class Ref:
+    """A connection's source: ``node`` or ``node.port`` as written, with its span."""
+
+    node: str
+    port: str | None
+    span: Span | None
+
+    def __str__(self) -> str:
+        return self.node if self.port is None else f"{self.node}.{self.port}"
+
+
+@dataclass
+class SpecGraph:
+    """The spec as a graph, with everything the passes learned about it."""
+
+    spec: Spec
+    registry: Registry
+    g: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
+    outputs: dict[str, tuple[str, str]] = field(default_factory=dict)  # output name -> (node, port)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, message: str, span: Span | None, *, node: str | None = None, port: str | None = None,
+              hint: str | None = None, notes: list | None = None) -> None:  # fmt: skip
+        self.diagnostics.append(Diagnostic(message, span, hint=hint, node=node, port=port, notes=notes or []))
+        if node is not None and node in self.g:
+            self.g.nodes[node]["poisoned"] = True
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self.g.nodes[name]
+
+    def blocks(self) -> list[str]:
+        return [n for n, d in self.g.nodes(data=True) if d["kind"] == "block"]
+
+    def healthy(self, name: str) -> bool:
+        return not self.g.nodes[name].get("poisoned", False)
+
+    def order(self) -> list[str]:
+        """Nodes in a deterministic topological order (spec order breaks ties)."""
+        rank = {n: i for i, n in enumerate(self.g.nodes)}
+        return list(nx.lexicographical_topological_sort(self.g, key=lambda n: rank[n]))
+
+    def out_type(self, node: str, port: str) -> PortType | None:
+        data = self.g.nodes[node]
+        if data["kind"] == "input":
+            return data.get("type")
+        decl = data["contract"].output(port)
+        return decl.parsed if decl else None
+
+    def in_edges(self, node: str) -> list[tuple[str, dict]]:
+        """(source node, edge data) for each connected input port of ``node``, in port order."""
+        return [(u, d) for u, _, d in self.g.in_edges(node, data=True)]
+
+    @property
+    def source_file(self) -> str:
+        return self.spec.source.file
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Passes
+
+
+def add_inputs(sg: SpecGraph) -> None:
+    """Spec inputs become nodes with one output port; their type text is parsed here."""
+    smap = sg.spec.source
+    for name, text in sg.spec.inputs.items():
+        sg.g.add_node(name, kind="input", span=smap.key("inputs", name), mode="both")
+        check_name(sg, name, smap.key("inputs", name), "input")
+        span = smap.value("inputs", name)
+        try:
+            sg.node(name)["type"] = parse_port_type(text)
+        except ShapeError as exc:
+            sg.error(f"input '{name}': {exc}", _inside(span, text, exc), node=name,
+                     hint="write a kind and its dims, e.g. Image[B, 3, H, W]")  # fmt: skip
+
+
+def _inside(span: Span | None, text: str, exc: ShapeError) -> Span | None:
+    """The span of the part of a scalar an error points at (the scalar may be quoted in the file)."""
+    if span is None or span.end_line not in (None, span.line):
+        return span
+    quoted = span.end_col is not None and (span.end_col - span.col) > len(text)
+    return span.shifted(exc.offset + (1 if quoted else 0), exc.length or 1)
+
+
+def check_name(sg: SpecGraph, name: str, span: Span | None, what: str) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        sg.error(f"{what} name '{name}' is not a valid identifier", span, node=name,
+                 hint="names become Python attributes: use letters, digits and '_'")  # fmt: skip
+    elif name.startswith("_") or name in MODULE_ATTRIBUTES:
+        sg.error(f"{what} name '{name}' is reserved (it would shadow torch.nn.Module.{name})", span, node=name,
+                 hint=f"rename it, e.g. '{name.strip('_')}_block'")  # fmt: skip
+
+
+def resolve_blocks(sg: SpecGraph) -> None:
+    """Block names → registered contracts; parameters validated by each block's own parameters model."""
+    smap = sg.spec.source
+    for name, decl in sg.spec.blocks.items():
+        span = smap.key("blocks", name)
+        if name in sg.g:
+            sg.error(f"block '{name}' has the same name as an input", span, node=name,
+                     notes=[(sg.node(name)["span"], "the input is declared here")])  # fmt: skip
+            continue
+        sg.g.add_node(name, kind="block", span=span, decl=decl)
+        check_name(sg, name, span, "block")
+        contract = sg.registry.get(decl.type)
+        if contract is None:
+            sg.error(f"unknown block type '{decl.type}'", smap.value("blocks", name, "type"), node=name,
+                     hint=did_you_mean(decl.type, sg.registry.names()) or "`dagcv blocks` lists every block")
+            continue  # fmt: skip
+        data = sg.node(name)
+        data["contract"] = contract
+        data["mode"] = decl.mode or contract.default_mode
+        data["params"] = validate_params(sg, name, contract, decl.params)
+
+
+def validate_params(sg: SpecGraph, node: str, contract: Contract, params: dict[str, Any]) -> dict[str, Any]:
+    smap = sg.spec.source
+    allowed = [p.name for p in contract.params]
+    for key in params:
+        if key not in allowed:
+            hint = did_you_mean(key, allowed) or (f"{contract.name} takes: {', '.join(allowed)}" if allowed else
+                                                  f"{contract.name} takes no parameters")  # fmt: skip
+            sg.error(f"unknown parameter '{key}' for block type '{contract.name}'", smap.key("blocks", node, key),
+                     node=node, hint=hint)  # fmt: skip
+    try:
+        model = params_model(contract)
+        return model.model_validate({k: v for k, v in params.items() if k in allowed}).model_dump()
+    except ValidationError as exc:
+        for d in validation_diagnostics(exc, smap, None, ("blocks", node), node=node):
+            if d.message.startswith("missing required key"):
+                param = d.message.split("'")[1]
+                d.message = f"block '{node}' ({contract.name}) needs parameter '{param}'"
+                d.hint = contract.param(param).doc or None if contract.param(param) else None
+            else:
+                d.message = d.message.replace(": ", f" (parameter of {contract.name}): ", 1)
+            sg.diagnostics.append(d)
+        sg.node(node)["poisoned"] = True
+        return {}
+
+
+_PARAM_MODELS: dict[tuple[str, str], type] = {}
+
+
+def params_model(contract: Contract) -> type:
+    """The Pydantic model of a block's parameters, rebuilt from the contract (no block import needed).
+
+    Arguments that ``infer`` fills in are optional: when a spec gives one anyway, the shape pass checks it.
+    """
+    key = (contract.name, contract.target)
+    if key in _PARAM_MODELS:
+        return _PARAM_MODELS[key]
+    fields: dict[str, Any] = {}
+    for p in contract.params:
+        tp = annotation_type(p.annotation)
+        if p.name in contract.infer:
+            fields[p.name] = (tp | None, Field(default=None, description=p.doc))
+        elif p.required:
+            fields[p.name] = (tp, Field(description=p.doc))
+        else:
+            fields[p.name] = (tp, Field(default=p.default, description=p.doc))
+    model = create_model(f"{contract.name}_params", __config__=ConfigDict(extra="forbid"), **fields)
+    _PARAM_MODELS[key] = model
+    return model
+
+
+def parse_ref(sg: SpecGraph, text: Any, span: Span | None, node: str | None) -> Ref | None:
+    """``node`` or ``node.port`` → :class:`Ref`, checking that the node and port exist."""
+    if not isinstance(text, str) or not text.strip():
+        sg.error(f"a connection must be written 'node' or 'node.port', found {text!r}", span, node=node)
+        return None
+    name, _, port = text.strip().partition(".")
+    if name not in sg.g:
+        known = [n for n in sg.g.nodes if n != node]
+        sg.error(f"unknown node '{name}'" + (f" (input of '{node}')" if node else ""), span, node=node,
+                 hint=did_you_mean(name, known) or f"nodes and inputs: {', '.join(known)}")  # fmt: skip
+        return None
+    ports = output_ports(sg, name)
+    if port and ports is not None and port not in ports:
+        sg.error(f"node '{name}' has no output port '{port}'", span.shifted(len(name) + 1, len(port)) if span and
+                 span.end_line == span.line else span, node=node,
+                 hint=did_you_mean(port, ports) or f"'{name}' outputs: {', '.join(ports)}")  # fmt: skip
+        return None
+    return Ref(name, port or None, span)
+
+
+def output_ports(sg: SpecGraph, node: str) -> list[str] | None:
+    data = sg.node(node)
+    if data["kind"] == "input":
+        return [INPUT_PORT]
+    contract = data.get("contract")
+    return [p.name for p in contract.outputs] if contract else None
+
+
+def connect(sg: SpecGraph) -> None:
+    """``in:`` entries become edges from an output port to an input port."""
+    smap = sg.spec.source
+    for name, decl in sg.spec.blocks.items():
+        data = sg.node(name) if name in sg.g else None
+        if data is None or data.get("kind") != "block" or "contract" not in data:
+            continue
+        contract: Contract = data["contract"]
+        wires = decl.inputs
+        if isinstance(wires, dict):
+            for port, src in wires.items():
+                span = smap.value("blocks", name, "in", port)
+                if contract.input(port) is None:
+                    names = [p.name for p in contract.inputs]
+                    sg.error(f"block type '{contract.name}' has no input port '{port}'",
+                             smap.key("blocks", name, "in", port), node=name, port=port,
+                             hint=did_you_mean(port, names) or f"its inputs: {', '.join(names) or 'none'}")
+                    continue  # fmt: skip
+                ref = parse_ref(sg, src, span, name)
+                if ref is not None:
+                    _add_edge(sg, ref, name, port)
+        elif wires is not None:
+            span = smap.value("blocks", name, "in")
+            if isinstance(wires, list):
+                sg.error(f"'in' of '{name}' is a list; write one source or a mapping port → source", span,
+                         node=name, hint=f"e.g. in: {{{', '.join(f'{p.name}: ...' for p in contract.inputs)}}}")
+                continue  # fmt: skip
+            ref = parse_ref(sg, wires, span, name)
+            if ref is not None:
+                _connect_single(sg, ref, name, contract)
+        _check_required(sg, name, contract)
+
+
+def _connect_single(sg: SpecGraph, ref: Ref, node: str, contract: Contract) -> None:
+    """One source for a whole block: one port, or several matched by kind from a multi-output node."""
+    ports = [p for p in contract.inputs]
+    if not ports:
+        sg.error(f"block type '{contract.name}' takes no inputs", ref.span, node=node, hint="remove 'in'")
+        return
+    src_ports = output_ports(sg, ref.node) or []
+    if ref.port is not None or len(src_ports) == 1:
+        required = [p for p in ports if not p.parsed.optional]
+        target = ports[0] if len(ports) == 1 else (required[0] if len(required) == 1 else None)
+        if target is None:
+            sg.error(f"'{node}' has several inputs ({', '.join(p.name for p in ports)}); say which is which",
+                     ref.span, node=node, hint=f"in: {{{', '.join(f'{p.name}: ...' for p in ports)}}}")
+            return  # fmt: skip
+        _add_edge(sg, Ref(ref.node, ref.port or src_ports[0], ref.span), node, target.name)
+        return
+    # A multi-output source feeding a multi-input block: pair ports by kind, where that is unambiguous.
+    matched = {}
+    for port in ports:
+        fits = [s for s in src_ports if _fits(sg, ref.node, s, port.parsed)]
+        if len(fits) == 1:
+            matched[port.name] = fits[0]
+        elif not port.parsed.optional:
+            sg.error(f"node '{ref.node}' has several outputs ({', '.join(src_ports)}); cannot tell which feeds "
+                     f"'{node}.{port.name}'", ref.span, node=node, port=port.name,
+                     hint=f"write {ref.node}.<port>, e.g. {ref.node}.{(fits or src_ports)[0]}")
+            return  # fmt: skip
+    for port, src in matched.items():
+        _add_edge(sg, Ref(ref.node, src, ref.span), node, port)
+
+
+def _fits(sg: SpecGraph, src: str, port: str, target: PortType) -> bool:
+    t = sg.out_type(src, port)
+    from dagcv.types import is_subkind
+
+    return t is not None and is_subkind(t.kind, target.kind)
+
+
+def _add_edge(sg: SpecGraph, ref: Ref, dst: str, dst_port: str) -> None:
+    port = ref.port or (output_ports(sg, ref.node) or [INPUT_PORT])[0]
+    if ref.port is None and len(output_ports(sg, ref.node) or []) > 1:
+        ports = output_ports(sg, ref.node) or []
+        sg.error(f"node '{ref.node}' has several outputs ({', '.join(ports)}); say which feeds '{dst}.{dst_port}'",
+                 ref.span, node=dst, port=dst_port, hint=f"write {ref.node}.{ports[0]} (or another port)")
+        return  # fmt: skip
+    sg.g.add_edge(ref.node, dst, key=dst_port, src_port=port, dst_port=dst_port, span=ref.span)
+
+
+def _check_required(sg: SpecGraph, node: str, contract: Contract) -> None:
+    connected = {k for _, _, k in sg.g.in_edges(node, keys=True)}
+    missing = [p.name for p in contract.inputs if not p.parsed.optional and p.name not in connected]
+    decl = sg.spec.blocks[node]
+    if missing and not (sg.node(node).get("poisoned") and decl.inputs is not None):
+        types = ", ".join(f"{p.name}: {p.type}" for p in contract.inputs if p.name in missing)
+        sg.error(f"input port{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} of "
+                 f"'{node}' ({contract.name}) not connected", sg.spec.source.key("blocks", node), node=node,
+                 port=missing[0], hint=f"add `in: {{{', '.join(f'{m}: <source>' for m in missing)}}}` ({types})")
+        # fmt: skip
+
+
+def check_outputs(sg: SpecGraph) -> None:
+    smap = sg.spec.source
+    for out, src in sg.spec.outputs.items():
+        ref = parse_ref(sg, src, smap.value("outputs", out), None)
+        if ref is None:
+            continue
+        ports = output_ports(sg, ref.node) or []
+        if ref.port is None and len(ports) > 1:
+            sg.error(f"output '{out}': node '{ref.node}' has several outputs ({', '.join(ports)})",
+                     ref.span, hint=f"write {ref.node}.{ports[0]} (or another port)")
+            continue  # fmt: skip
+        if ports:
+            sg.outputs[out] = (ref.node, ref.port or ports[0])
+
+
+def check_acyclic(sg: SpecGraph) -> None:
+    """Every strongly connected component larger than one node (or a self-loop) is one error."""
+    for comp in nx.strongly_connected_components(sg.g):
+        first = next(iter(comp))
+        if len(comp) == 1 and not sg.g.has_edge(first, first):
+            continue
+        cycle = nx.find_cycle(sg.g.subgraph(comp))
+        path = " -> ".join([cycle[0][0], *(e[1] for e in cycle)])
+        u, v, key = cycle[-1][:3]
+        span = sg.g.edges[u, v, key]["span"]
+        sg.error(f"cycle in the block graph: {path}", span, node=v,
+                 hint="a spec is a DAG; recurrent state belongs inside a block")  # fmt: skip
+        for n in comp:
+            sg.g.nodes[n]["poisoned"] = True
+        # Edges in a cycle would make later passes loop; drop them once reported.
+        sg.g.remove_edges_from(list(sg.g.subgraph(comp).edges(keys=True)))
+
+
+def check_modes(sg: SpecGraph) -> None:
+    """A node may only read values that exist in every mode it runs in (optional and static ports excepted)."""
+    for u, v, d in sg.g.edges(data=True):
+        need, have = MODES[sg.node(v)["mode"]], MODES[sg.node(u)["mode"]]
+        target = sg.node(v).get("contract")
+        port = target.input(d["dst_port"]) if target else None
+        if port is None or port.parsed.optional or KINDS[port.parsed.kind].static or need <= have:
+            continue
+        missing = "/".join(sorted(need - have))
+        sg.error(f"'{v}' runs in {missing} mode but its input '{u}' (mode: {sg.node(u)['mode']}) does not",
+                 d["span"], node=v, port=d["dst_port"],
+                 hint=f"tag '{v}' with `mode: {sg.node(u)['mode']}`, or change the mode of '{u}'")  # fmt: skip

@@ -1,0 +1,212 @@
+"""Lowering: our graph → a straight-line program per mode → ``torch.fx`` GraphModules and ejected Python.
+
+Nothing is traced: each mode's program is emitted node by node, blocks as leaf ``call_module`` nodes named after
+the spec's nodes. :class:`DagModule` holds the blocks as children (``state_dict`` keys start with node names)
+and dispatches ``forward`` on ``self.training`` to the GraphModule of that mode::
+
+    >>> model = lower(built)                        # doctest: +SKIP
+    >>> print(model.code)                           # doctest: +SKIP
+    def forward(self, image, label = None):
+        features = self.features(image);  image = None
+        classifier = self.classifier(features);  features = None
+        return {'logits': classifier}
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from dagcv.build import BuiltGraph
+from dagcv.graph import INPUT_PORT, MODES, SpecGraph
+from dagcv.types import KINDS
+
+
+@dataclass(frozen=True)
+class Value:
+    """A run-time value: output ``port`` of ``node``."""
+
+    node: str
+    port: str
+
+
+@dataclass
+class Step:
+    """One block call."""
+
+    node: str
+    args: list[Value | None]
+    multi: bool  # returns a dict of its output ports
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A ``forward`` argument: ``used`` in this mode or not; ``optional`` args default to None."""
+
+    name: str
+    value: Value
+    used: bool
+    optional: bool
+
+
+@dataclass
+class Program:
+    """What one mode computes: run-time inputs, block calls in order, and outputs."""
+
+    mode: str
+    inputs: list[Arg] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    outputs: dict[str, Value] = field(default_factory=dict)
+
+    def signature(self) -> tuple:
+        return (tuple(self.inputs), tuple((s.node, tuple(s.args)) for s in self.steps), tuple(self.outputs.items()))
+
+
+def runtime_inputs(sg: SpecGraph) -> list[tuple[str, Value]]:
+    """Arguments of ``forward``: spec inputs, then the run-time outputs of source blocks (an env's observation)."""
+    out = [(name, Value(name, INPUT_PORT)) for name in sg.spec.inputs]
+    for name in sg.blocks():
+        contract = sg.node(name)["contract"]
+        if contract.is_source:
+            for port in contract.outputs:
+                if not KINDS[port.parsed.kind].static:
+                    out.append((f"{name}_{port.name}", Value(name, port.name)))
+    return out
+
+
+def make_program(sg: SpecGraph, mode: str) -> Program:
+    program = Program(mode)
+    used: set[Value] = set()
+    for name in sg.order():
+        data = sg.node(name)
+        if data["kind"] != "block" or mode not in MODES[data["mode"]] or data["contract"].is_source:
+            continue
+        contract = data["contract"]
+        wired = {d["dst_port"]: Value(u, d["src_port"]) for u, d in sg.in_edges(name)}
+        args = [wired.get(p.name) for p in contract.inputs if not KINDS[p.parsed.kind].static]
+        while args and args[-1] is None:
+            args.pop()
+        args = [a if a is None or mode in MODES[sg.node(a.node)["mode"]] else None for a in args]
+        used.update(a for a in args if a is not None)
+        program.steps.append(Step(name, args, multi=len(contract.outputs) > 1))
+    for out, (node, port) in sg.outputs.items():
+        if mode in MODES[sg.node(node)["mode"]]:
+            program.outputs[out] = Value(node, port)
+            used.add(Value(node, port))
+    optional = False
+    for name, value in runtime_inputs(sg):
+        optional = optional or value not in used  # Python: no required argument after an optional one
+        program.inputs.append(Arg(name, value, value in used, optional))
+    return program
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.fx
+
+
+def to_fx(program: Program, root: nn.Module, class_name: str) -> fx.GraphModule:
+    graph = fx.Graph()
+    env: dict[Value, fx.Node] = {}
+    for arg in program.inputs:
+        default = None if arg.optional else inspect.Parameter.empty
+        env[arg.value] = graph.placeholder(arg.name, default_value=default)
+    for step in program.steps:
+        args = tuple(env[a] if a is not None else None for a in step.args)
+        call = graph.call_module(step.node, args)  # fx names the node after its target: the spec's node name
+        if not step.multi:
+            env[Value(step.node, _only_port(root, step))] = call
+            continue
+        for port in _ports(root, step):
+            item = graph.create_node("call_function", operator.getitem, (call, port), name=f"{step.node}_{port}")
+            env[Value(step.node, port)] = item
+    graph.output({name: env[v] for name, v in program.outputs.items()})
+    graph.lint()
+    gm = fx.GraphModule(root, graph, class_name=class_name)
+    return gm
+
+
+def _ports(root: nn.Module, step: Step) -> list[str]:
+    return root.output_ports[step.node]  # type: ignore[index]
+
+
+def _only_port(root: nn.Module, step: Step) -> str:
+    return _ports(root, step)[0]
+
+
+class DagModule(nn.Module):
+    """The lowered model: blocks as children, one fx GraphModule per mode, ``forward`` picked by ``training``.
+
+    ``state_dict`` keys start with the spec's node names; ``print(model.code)`` shows the current mode's
+    program. Works with ``torch.compile`` and ``torch.export``.
+    """
+
+    def __init__(self, blocks: dict[str, nn.Module], output_ports: dict[str, list[str]], name: str) -> None:
+        super().__init__()
+        for node, module in blocks.items():
+            self.add_module(node, module)
+        self.spec_name = name
+        self.output_ports = output_ports
+        # Plain attributes (not submodules): the GraphModules share our children, so state_dict lists each
+        # parameter once and .to()/.train() reach them through us.
+        self._programs: dict[str, Program] = {}
+        self._graph_modules: dict[str, fx.GraphModule] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        gm = self._graph_modules["train" if self.training else "eval"]
+        return gm.forward(*args, **kwargs)
+
+    def graph_module(self, mode: str | None = None) -> fx.GraphModule:
+        """The GraphModule of ``mode`` (default: the current one)."""
+        return self._graph_modules[mode or ("train" if self.training else "eval")]
+
+    @property
+    def code(self) -> str:
+        return self.graph_module().code
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self.graph_module().graph
+
+
+def lower(built: BuiltGraph) -> DagModule:
+    """Lower a built graph to a :class:`DagModule` (train and eval programs share one GraphModule if equal)."""
+    sg = built.sg
+    ports = {n: [p.name for p in sg.node(n)["contract"].outputs] for n in built.modules}
+    model = DagModule(built.modules, ports, sg.spec.name)
+    class_name = class_name_for(sg.spec.name)
+    programs = {mode: make_program(sg, mode) for mode in ("train", "eval")}
+    model._programs = programs
+    if programs["train"].signature() == programs["eval"].signature():
+        gm = to_fx(programs["train"], model, class_name)
+        model._graph_modules = {"train": gm, "eval": gm}
+    else:
+        model._graph_modules = {m: to_fx(p, model, f"{class_name}{m.title()}") for m, p in programs.items()}
+    return model
+
+
+def class_name_for(name: str) -> str:
+    """``lenet_mnist`` → ``LenetMnist``."""
+    out = "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Model"
+    return out if out.isidentifier() and not keyword.iskeyword(out) else f"Model{out}"
+
+
+def export_example_inputs(built: BuiltGraph, mode: str) -> tuple[torch.Tensor, ...]:
+    """Real example tensors for the run-time inputs of ``mode`` (for tests, torch.export and benchmarks)."""
+    from dagcv.build import example_value
+
+    sg = built.sg
+    program = make_program(sg, mode)
+    args = []
+    for arg in program.inputs:
+        value = arg.value
+        data = sg.node(value.node)
+        kind = data["type"].kind if data["kind"] == "input" else data["contract"].output(value.port).parsed.kind
+        dims = data["shapes"][value.port]
+        args.append(example_value(kind, [d.value for d in dims]))
+    return tuple(args)

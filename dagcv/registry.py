@@ -1,0 +1,398 @@
+"""One registry of blocks, filled by one decorator; contracts readable without importing torch.
+
+A block is a plain class (usually an ``nn.Module``) or a builder function with keyword-only arguments. Its
+contract sits beside it as data::
+
+    @register_block(
+        "lenet_features",
+        family="backbone",
+        inputs={"x": "Image[B, C, H, W]"},
+        outputs={"out": "FeatureMap[B, 16, ((H-4)//2-4)//2, ((W-4)//2-4)//2]"},
+        infer={"in_channels": "C"},
+    )
+    class LeNetFeatures(nn.Module):
+        def __init__(self, *, in_channels: int = 3): ...
+
+The parameters model is derived from the constructor signature (keyword-only arguments, their annotations,
+defaults and the ``Args:`` section of the docstring); ``infer`` says how arguments follow from the symbols of
+the input shapes. ``python -m dagcv.registry`` imports every block and writes ``blocks/manifest.json``; the
+compiler reads that file, so ``dagcv check`` never imports torch or a block implementation. Third-party blocks
+register through the ``dagcv.blocks`` entry-point group (each entry names a module to import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from dagcv.types import PortType, parse_port_type
+
+FAMILIES = (
+    "data", "env", "backbone", "neck", "head", "layer", "loss", "postprocess",
+    "policy", "critic", "encoder", "quantizer", "decoder", "prior", "generator", "discriminator",
+)  # fmt: skip
+MODES = ("train", "eval", "both")
+RESERVED_KEYS = ("type", "in", "mode")
+MANIFEST_NAME = "manifest.json"
+ENTRY_POINT_GROUP = "dagcv.blocks"
+
+
+@dataclass(frozen=True)
+class PortDecl:
+    """A named input or output port and its type text (``"Image[B, C, H, W]"``)."""
+
+    name: str
+    type: str
+    doc: str = ""
+
+    @cached_property
+    def parsed(self) -> PortType:
+        return parse_port_type(self.type)
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    """A constructor argument a spec may set."""
+
+    name: str
+    annotation: str
+    required: bool
+    default: Any = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Everything the compiler knows about a block before importing it."""
+
+    name: str
+    family: str
+    target: str  # "module:qualname"
+    file: str
+    line: int
+    doc: str
+    inputs: tuple[PortDecl, ...]
+    outputs: tuple[PortDecl, ...]
+    params: tuple[ParamDecl, ...]
+    infer: dict[str, str] = field(default_factory=dict)
+    default_mode: str = "both"
+    module: bool = True  # an nn.Module that becomes part of the lowered model
+
+    def input(self, name: str) -> PortDecl | None:
+        return next((p for p in self.inputs if p.name == name), None)
+
+    def output(self, name: str) -> PortDecl | None:
+        return next((p for p in self.outputs if p.name == name), None)
+
+    def param(self, name: str) -> ParamDecl | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def is_source(self) -> bool:
+        """A block without inputs whose run-time outputs are fed from outside (an env, a dataset)."""
+        return not self.module and not self.inputs
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "family": self.family, "target": self.target, "file": self.file,
+            "line": self.line, "doc": self.doc, "default_mode": self.default_mode, "module": self.module,
+            "inputs": [_port_json(p) for p in self.inputs],
+            "outputs": [_port_json(p) for p in self.outputs],
+            "params": [vars(p) for p in self.params], "infer": self.infer,
+        }  # fmt: skip
+
+    @staticmethod
+    def from_json(data: dict) -> Contract:
+        return Contract(
+            name=data["name"], family=data["family"], target=data["target"], file=data["file"],
+            line=data["line"], doc=data["doc"], default_mode=data["default_mode"], module=data["module"],
+            inputs=tuple(PortDecl(**p) for p in data["inputs"]),
+            outputs=tuple(PortDecl(**p) for p in data["outputs"]),
+            params=tuple(ParamDecl(**p) for p in data["params"]), infer=dict(data["infer"]),
+        )  # fmt: skip
+
+
+def _port_json(port: PortDecl) -> dict:
+    return {"name": port.name, "type": port.type, "doc": port.doc}
+
+
+class Registry:
+    """Block contracts by name, plus the implementations once they are imported."""
+
+    def __init__(self) -> None:
+        self.contracts: dict[str, Contract] = {}
+        self.objects: dict[str, Callable[..., Any]] = {}
+        self._plugins_loaded = False
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return sorted(self.contracts)
+
+    def get(self, name: str) -> Contract | None:
+        """The contract of ``name``; loads third-party plugins only when the name is not built in."""
+        if name not in self.contracts:
+            self.load_plugins()
+        return self.contracts.get(name)
+
+    def implementation(self, name: str) -> Callable[..., Any]:
+        """The class or builder registered as ``name``, importing its module on first use."""
+        if name not in self.objects:
+            contract = self.contracts[name]
+            module_name, qualname = contract.target.split(":")
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            self.objects[name] = getattr(obj, "__dagcv_wrapped__", obj)
+        return self.objects[name]
+
+    def add(self, contract: Contract, obj: Callable[..., Any]) -> None:
+        old = self.contracts.get(contract.name)
+        if old is not None and old.target != contract.target:
+            raise ValueError(f"block '{contract.name}' registered twice: {old.target} and {contract.target}")
+        self.contracts[contract.name] = contract
+        self.objects[contract.name] = obj
+
+    def load_plugins(self) -> None:
+        """Import every module named in the ``dagcv.blocks`` entry-point group (once)."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
+
+    def by_family(self) -> dict[str, list[Contract]]:
+        out: dict[str, list[Contract]] = {}
+        for name in self.names():
+            c = self.contracts[name]
+            out.setdefault(c.family, []).append(c)
+        return dict(sorted(out.items(), key=lambda kv: FAMILIES.index(kv[0]) if kv[0] in FAMILIES else 99))
+
+
+_REGISTRY: Registry | None = None
+_LIVE: Registry = Registry()  # filled by the decorator as block modules are imported
+
+
+def registry() -> Registry:
+    """The process-wide registry: the shipped manifest plus whatever the decorator registered since."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+        for contract in load_manifest():
+            _REGISTRY.contracts[contract.name] = contract
+    # Blocks imported in this process (tests, plugins, a stale manifest) win over the manifest.
+    _REGISTRY.contracts.update(_LIVE.contracts)
+    _REGISTRY.objects.update(_LIVE.objects)
+    return _REGISTRY
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The decorator
+
+
+def register_block(
+    name: str,
+    *,
+    family: str,
+    inputs: dict[str, str] | None = None,
+    outputs: dict[str, str],
+    infer: dict[str, str] | None = None,
+    default_mode: Literal["train", "eval", "both"] = "both",
+    module: bool = True,
+) -> Callable[[Any], Any]:
+    """Register a class or builder function as block ``name`` with its port contract.
+
+    Args:
+        name: the spec name, ``family_variant`` style (``resnet50``, ``retina_head``).
+        family: one of :data:`FAMILIES`.
+        inputs: port name to port type, in call order (``{"x": "Image[B, C, H, W]"}``); ``?`` marks optional.
+        outputs: port name to port type; a block with several outputs returns a dict keyed by port name.
+        infer: constructor argument to a dim expression over the input symbols (``{"in_channels": "C"}``).
+        default_mode: the mode of a node that does not say (losses: ``train``).
+        module: False for blocks that are not part of the model (an env, a dataset).
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"block name '{name}' must be snake_case")
+    if family not in FAMILIES:
+        raise ValueError(f"block '{name}': unknown family '{family}' (one of {', '.join(FAMILIES)})")
+
+    def decorate(obj: Any) -> Any:
+        contract = _contract_for(obj, name, family, inputs or {}, outputs, infer or {}, default_mode, module)
+        _LIVE.add(contract, obj)
+        if _REGISTRY is not None:
+            _REGISTRY.add(contract, obj)
+        return obj
+
+    return decorate
+
+
+def _contract_for(
+    obj: Any, name: str, family: str, inputs: dict[str, str], outputs: dict[str, str],
+    infer: dict[str, str], default_mode: str, module: bool,
+) -> Contract:  # fmt: skip
+    for port_type in [*inputs.values(), *outputs.values()]:
+        parse_port_type(port_type)  # fail at import time on a malformed contract
+    doc = inspect.getdoc(obj) or ""
+    init = obj.__init__ if inspect.isclass(obj) else obj
+    arg_docs = _arg_docs(doc) | _arg_docs(inspect.getdoc(init) or "")
+    params = []
+    for pname, p in inspect.signature(init, eval_str=True).parameters.items():
+        if pname == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.kind is not p.KEYWORD_ONLY:
+            raise TypeError(f"block '{name}': constructor argument '{pname}' must be keyword-only")
+        if pname in RESERVED_KEYS:
+            raise TypeError(f"block '{name}': argument '{pname}' clashes with a reserved spec key")
+        if p.annotation is inspect.Parameter.empty:
+            raise TypeError(f"block '{name}': argument '{pname}' needs a type annotation")
+        required = p.default is inspect.Parameter.empty
+        default = None if required else p.default
+        json.dumps(default)  # defaults must be plain data
+        params.append(ParamDecl(pname, annotation_text(p.annotation), required, default, arg_docs.get(pname, "")))
+    for arg in infer:
+        if not any(p.name == arg for p in params):
+            raise TypeError(f"block '{name}': infer names '{arg}', which is not a constructor argument")
+    src = inspect.getsourcefile(obj) or "?"
+    root = Path(importlib.util.find_spec("blocks").origin).parent.parent if _has_blocks() else Path.cwd()
+    try:
+        file = str(Path(src).resolve().relative_to(root.resolve()))
+    except ValueError:
+        file = src
+    return Contract(
+        name=name, family=family, target=f"{obj.__module__}:{obj.__qualname__}", file=file,
+        line=inspect.getsourcelines(obj)[1], doc=doc.split("\n\n")[0].replace("\n", " "),
+        inputs=tuple(PortDecl(k, v) for k, v in inputs.items()),
+        outputs=tuple(PortDecl(k, v) for k, v in outputs.items()),
+        params=tuple(params), infer=dict(infer), default_mode=default_mode, module=module,
+    )  # fmt: skip
+
+
+def _has_blocks() -> bool:
+    spec = importlib.util.find_spec("blocks")
+    return spec is not None and spec.origin is not None
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """The ``Args:`` section of a Google-style docstring as name → text."""
+    out: dict[str, str] = {}
+    match = re.search(r"^Args:\n((?:[ \t]+.*\n?|\n)+)", doc, re.M)
+    if not match:
+        return out
+    current = None
+    for line in match.group(1).splitlines():
+        m = re.match(r"^\s{2,8}(\w+)(?: \(.*?\))?:\s*(.*)$", line)
+        if m:
+            current = m.group(1)
+            out[current] = m.group(2).strip()
+        elif current and line.strip():
+            out[current] += " " + line.strip()
+    return out
+
+
+_SIMPLE = {int: "int", float: "float", bool: "bool", str: "str", type(None): "None", Any: "Any"}
+
+
+def annotation_text(tp: Any) -> str:
+    """A spec-expressible annotation as text (``list[int] | None``); anything else is a registration error."""
+    if tp in _SIMPLE:
+        return _SIMPLE[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(annotation_text(a) for a in args)
+    if origin in (list, tuple, dict):
+        inner = ", ".join("..." if a is Ellipsis else annotation_text(a) for a in args)
+        return f"{origin.__name__}[{inner}]"
+    raise TypeError(f"unsupported parameter type {tp!r}: use int, float, bool, str, list, tuple, dict, Literal")
+
+
+_TYPE_NAMESPACE = {"int": int, "float": float, "bool": bool, "str": str, "None": None, "Any": Any,
+                   "list": list, "tuple": tuple, "dict": dict, "Literal": Literal}  # fmt: skip
+
+
+def annotation_type(text: str) -> Any:
+    """The inverse of :func:`annotation_text` (manifest text → a type pydantic validates against)."""
+    return eval(text, {"__builtins__": {}}, _TYPE_NAMESPACE)  # noqa: S307 - our own manifest, closed namespace
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The manifest: contracts as a JSON file next to the block library
+
+
+def blocks_dir() -> Path | None:
+    """The ``blocks`` package folder, found without importing it (importing it imports torch)."""
+    spec = importlib.util.find_spec("blocks")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _source_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        for p in sorted(root.rglob("*.py"))
+        if "__pycache__" not in p.parts
+    }
+
+
+def load_manifest() -> list[Contract]:
+    """Contracts of the shipped blocks; falls back to importing them when the manifest is stale."""
+    root = blocks_dir()
+    if root is None:
+        return []
+    path = root / MANIFEST_NAME
+    data = json.loads(path.read_text()) if path.exists() else None
+    if data is None or data.get("sources") != _source_hashes(root):
+        print(
+            f"dagcv: warning: {path} is out of date with the block sources; importing blocks instead "
+            "(run `make manifest`)",
+            file=sys.stderr,
+        )
+        importlib.import_module("blocks")
+        return list(_LIVE.contracts.values())
+    return [Contract.from_json(c) for c in data["blocks"]]
+
+
+def write_manifest() -> Path:
+    """Import every shipped block and write ``blocks/manifest.json``."""
+    importlib.import_module("blocks")
+    root = blocks_dir()
+    assert root is not None
+    shipped = [c for c in _LIVE.contracts.values() if c.target.startswith("blocks.")]
+    data = {
+        "note": "generated by `python -m dagcv.registry`; do not edit",
+        "sources": _source_hashes(root),
+        "blocks": [c.to_json() for c in sorted(shipped, key=lambda c: c.name)],
+    }
+    path = root / MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def iter_live() -> Iterator[tuple[Contract, Any]]:
+    """Contracts and implementations of every block imported in this process (for registry-wide tests)."""
+    for name, contract in sorted(_LIVE.contracts.items()):
+        yield contract, _LIVE.objects[name]
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_manifest()}")

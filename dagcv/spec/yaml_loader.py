@@ -1,0 +1,110 @@
+"""Safe YAML loading that keeps the position of every key and value.
+
+PyYAML composes the document into a node tree with marks (safe loader: no tags that build Python objects);
+we construct plain data from it ourselves, so that duplicate keys are errors instead of silent overwrites and
+every value keeps its span.
+
+    >>> data, smap = load_yaml("a: 1\\nb: [x, y]\\n", "s.yaml")
+    >>> data, str(smap.value("b", 1))
+    ({'a': 1, 'b': ['x', 'y']}, 's.yaml:2:8')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from dagcv.errors import Diagnostic, Span, SpecError
+from dagcv.spec.source import Path, SourceMap
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MAX_NODES = 200_000  # alias bombs ("billion laughs") expand past this
+
+
+def _span(node: yaml.Node, file: str) -> Span:
+    start, end = node.start_mark, node.end_mark
+    return Span(file, start.line + 1, start.column + 1, end.line + 1, end.column + 1)
+
+
+class _Builder:
+    def __init__(self, smap: SourceMap):
+        self.smap = smap
+        self.errors: list[Diagnostic] = []
+        self.count = 0
+        self.constructor = yaml.SafeLoader("")  # only its scalar constructors are used
+
+    def build(self, node: yaml.Node, path: Path, depth: int = 0) -> Any:
+        self.count += 1
+        if self.count > _MAX_NODES or depth > 100:
+            raise SpecError.at(_span(node, self.smap.file), "spec is too large or too deeply nested (alias bomb?)")
+        self.smap.values[path] = _span(node, self.smap.file)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, (*path, i), depth + 1) for i, child in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML node {type(node).__name__}")
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML value: {exc.problem}",
+                               hint="specs hold plain data: strings, numbers, booleans, lists and mappings") from None
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged = self.build(value_node, (*path, "<<"), depth + 1)
+                for part in merged if isinstance(merged, list) else [merged]:
+                    if not isinstance(part, dict):
+                        self.errors.append(Diagnostic("'<<' must merge a mapping", _span(value_node, self.smap.file)))
+                        continue
+                    for k, v in part.items():
+                        out.setdefault(k, v)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.errors.append(Diagnostic("mapping keys must be plain names", _span(key_node, self.smap.file)))
+                continue
+            key = self._scalar(key_node)
+            if not isinstance(key, str):
+                key = str(key)
+            key_span = _span(key_node, self.smap.file)
+            if key in out and (*path, key) in self.smap.keys:
+                first = self.smap.keys[(*path, key)]
+                self.errors.append(Diagnostic(f"duplicate key '{key}'", key_span,
+                                              hint=f"'{key}' is already defined at line {first.line}",
+                                              notes=[(first, "first defined here")]))
+                continue
+            self.smap.keys[(*path, key)] = key_span
+            out[key] = self.build(value_node, (*path, key), depth + 1)
+        return out
+
+
+def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
+    """Parse ``text`` into plain data plus a :class:`SourceMap`; raises :class:`SpecError` on any problem."""
+    smap = SourceMap(file, text)
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        span = Span(file, mark.line + 1, mark.column + 1) if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        hint = None
+        lines = text.splitlines()
+        at = lines[mark.line][mark.column : mark.column + 1] if mark and mark.line < len(lines) else ""
+        if at == "\t":
+            hint = "YAML does not allow tabs for indentation; use spaces"
+        elif "mapping values are not allowed" in problem:
+            hint = "a ':' inside a value needs quotes, or a missing newline/indent before this key"
+        raise SpecError.at(span, f"YAML syntax error: {problem}", hint=hint) from None
+    if root is None:
+        raise SpecError.at(Span(file, 1, 1), "the spec is empty", hint="start with 'dagcv: 1'")
+    builder = _Builder(smap)
+    data = builder.build(root, ())
+    if builder.errors:
+        raise SpecError(builder.errors)
+    return data, smap
