@@ -40,11 +40,10 @@ def _where(node: str, port: str, sg: SpecGraph) -> str:
 def input_shapes(sg: SpecGraph) -> None:
     """Spec inputs get concrete example dims from ``sizes:`` (``B`` defaults to 2)."""
     smap = sg.spec.source
-    sizes = {**DEFAULT_SIZES, **sg.spec.sizes}
     for name, size in sg.spec.sizes.items():
         if size <= 0:
             sg.error(f"example size of '{name}' must be positive, found {size}", smap.value("sizes", name))
-    env = {k: Dim.symbol(k, v) for k, v in sizes.items()}
+    env = _example_sizes(sg)
     for name, text in sg.spec.inputs.items():
         data = sg.node(name)
         port_type = data.get("type")
@@ -69,6 +68,8 @@ def infer_shapes(sg: SpecGraph) -> None:
         data = sg.node(name)
         if data["kind"] != "block" or not sg.healthy(name) or "contract" not in data:
             continue
+        if data.get("unresolved_inputs"):
+            continue  # fed by a node whose own type is unknown
         if any(not sg.healthy(u) or "shapes" not in sg.node(u) for u, _ in sg.in_edges(name)):
             continue  # an upstream error was already reported
         _infer_block(sg, name)
@@ -89,7 +90,9 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
         if mismatch is not None:
             _shape_error(sg, name, u, d, shape, port.type, mismatch.message)
             return
-    env_all = {**ints, **env}  # params may appear in output shapes; bound symbols take precedence
+    # Output shapes may use params; symbols bound by inputs take precedence; symbols still free (a source
+    # block's batch B) take the spec's example sizes.
+    env_all = {**_example_sizes(sg), **ints, **env}
     inferred = {}
     for arg, expr in contract.infer.items():
         try:
@@ -120,6 +123,10 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             return  # fmt: skip
     data["inferred"] = inferred
     data["shapes"] = shapes
+
+
+def _example_sizes(sg: SpecGraph) -> dict[str, Dim]:
+    return {k: Dim.symbol(k, v) for k, v in {**DEFAULT_SIZES, **sg.spec.sizes}.items()}
 
 
 def _shape_error(sg: SpecGraph, node: str, src: str, edge: dict, shape: list[Dim], want: str, why: str) -> None:

@@ -115,6 +115,10 @@ def _method(name: str, program: Program, ports: dict[str, list[str]], only_used:
     lines = [f"    def {name}(self, {params}):" if params else f"    def {name}(self):"]
     for step in program.steps:
         lines.append(f"        {step.node} = self.{step.node}({', '.join(ref(a) for a in step.args)})")
-    body = ", ".join(f'"{k}": {ref(v)}' for k, v in program.outputs.items())
-    lines.append(f"        return {{{body}}}")
+    items = [f'"{k}": {ref(v)}' for k, v in program.outputs.items()]
+    one_line = f"        return {{{', '.join(items)}}}"
+    if len(one_line) <= 110:
+        lines.append(one_line)
+    else:
+        lines += ["        return {", *(f"            {item}," for item in items), "        }"]
     return lines

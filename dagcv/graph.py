@@ -169,7 +169,8 @@ def validate_params(sg: SpecGraph, node: str, contract: Contract, params: dict[s
             if d.message.startswith("missing required key"):
                 param = d.message.split("'")[1]
                 d.message = f"block '{node}' ({contract.name}) needs parameter '{param}'"
-                d.hint = contract.param(param).doc or None if contract.param(param) else None
+                doc = contract.param(param).doc if contract.param(param) else ""
+                d.hint = f"{param}: {doc}" if doc else f"`dagcv blocks {contract.name}` lists its parameters"
             else:
                 d.message = d.message.replace(": ", f" (parameter of {contract.name}): ", 1)
             sg.diagnostics.append(d)
@@ -197,7 +198,7 @@ def params_model(contract: Contract) -> type:
             fields[p.name] = (tp, Field(description=p.doc))
         else:
             fields[p.name] = (tp, Field(default=p.default, description=p.doc))
-    model = create_model(f"{contract.name}_params", __config__=ConfigDict(extra="forbid"), **fields)
+    model = create_model(f"{contract.name}_params", __config__=ConfigDict(extra="forbid", validate_default=True), **fields)
     _PARAM_MODELS[key] = model
     return model
 
@@ -214,6 +215,8 @@ def parse_ref(sg: SpecGraph, text: Any, span: Span | None, node: str | None) -> 
                  hint=did_you_mean(name, known) or f"nodes and inputs: {', '.join(known)}")  # fmt: skip
         return None
     ports = output_ports(sg, name)
+    if ports is None and node is not None:
+        sg.node(node)["unresolved_inputs"] = True
     if port and ports is not None and port not in ports:
         sg.error(f"node '{name}' has no output port '{port}'", span.shifted(len(name) + 1, len(port)) if span and
                  span.end_line == span.line else span, node=node,
@@ -269,7 +272,10 @@ def _connect_single(sg: SpecGraph, ref: Ref, node: str, contract: Contract) -> N
     if not ports:
         sg.error(f"block type '{contract.name}' takes no inputs", ref.span, node=node, hint="remove 'in'")
         return
-    src_ports = output_ports(sg, ref.node) or []
+    src_ports = output_ports(sg, ref.node)
+    if src_ports is None:
+        sg.node(node)["unresolved_inputs"] = True  # the source's own type is unknown: already reported
+        return
     if ref.port is not None or len(src_ports) == 1:
         required = [p for p in ports if not p.parsed.optional]
         target = ports[0] if len(ports) == 1 else (required[0] if len(required) == 1 else None)
@@ -315,7 +321,8 @@ def _check_required(sg: SpecGraph, node: str, contract: Contract) -> None:
     connected = {k for _, _, k in sg.g.in_edges(node, keys=True)}
     missing = [p.name for p in contract.inputs if not p.parsed.optional and p.name not in connected]
     decl = sg.spec.blocks[node]
-    if missing and not (sg.node(node).get("poisoned") and decl.inputs is not None):
+    quiet = sg.node(node).get("unresolved_inputs") or (sg.node(node).get("poisoned") and decl.inputs is not None)
+    if missing and not quiet:
         types = ", ".join(f"{p.name}: {p.type}" for p in contract.inputs if p.name in missing)
         sg.error(f"input port{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} of "
                  f"'{node}' ({contract.name}) not connected", sg.spec.source.key("blocks", node), node=node,

@@ -395,4 +395,8 @@ def iter_live() -> Iterator[tuple[Contract, Any]]:
 
 
 if __name__ == "__main__":
-    print(f"wrote {write_manifest()}")
+    # Run as a script this file is `__main__`, a second copy of the module: the blocks register with the
+    # importable `dagcv.registry`, so write through that one.
+    from dagcv import registry as _registry
+
+    print(f"wrote {_registry.write_manifest()}")

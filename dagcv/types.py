@@ -108,6 +108,10 @@ class Dim:
     def __str__(self) -> str:
         return self.text
 
+    def show(self) -> str:
+        """``H=64`` for a symbolic dim, ``64`` for a constant."""
+        return self.text if self.is_const else f"{self.text}={self.value}"
+
 
 class ShapeError(ValueError):
     """A dim expression cannot be evaluated (unknown symbol, inexact division, bad syntax)."""
@@ -138,7 +142,7 @@ def _binop(op: ast.operator, a: Dim, b: Dim, prec_a: int, prec_b: int) -> tuple[
         value = a.value % b.value
     else:  # exact division
         if a.value % b.value:
-            raise ShapeError(f"{a.text}={a.value} is not divisible by {b.text}={b.value}")
+            raise ShapeError(f"{a.show()} is not divisible by {b.show()}")
         value = a.value // b.value
     prec = _PRECEDENCE[kind]
     if a.is_const and b.is_const:
@@ -352,7 +356,8 @@ def bind_shape(
         except ShapeError as exc:
             return Mismatch(index, str(exc))
         if want.value != dim.value:
-            return Mismatch(index, f"dim {index} is {dim.text}={dim.value}, expected {pattern.expr}={want.value}")
+            expected = want.show() if pattern.expr == want.text else f"{pattern.expr}={want.value}"
+            return Mismatch(index, f"dim {index} is {dim.show()}, expected {expected}")
     return None
 
 

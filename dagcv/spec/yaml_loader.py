@@ -19,6 +19,7 @@ from dagcv.errors import Diagnostic, Span, SpecError
 from dagcv.spec.source import Path, SourceMap
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PLAIN_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 _MAX_NODES = 200_000  # alias bombs ("billion laughs") expand past this
 
 
@@ -39,6 +40,9 @@ class _Builder:
         if self.count > _MAX_NODES or depth > 100:
             raise SpecError.at(_span(node, self.smap.file), "spec is too large or too deeply nested (alias bomb?)")
         self.smap.values[path] = _span(node, self.smap.file)
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
+            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML tag '{node.tag}'",
+                               hint="specs hold plain data: strings, numbers, booleans, lists and mappings")
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
         if isinstance(node, yaml.SequenceNode):
@@ -51,7 +55,7 @@ class _Builder:
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML value: {exc.problem}",
+            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML tag '{node.tag}'",
                                hint="specs hold plain data: strings, numbers, booleans, lists and mappings") from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
@@ -100,7 +104,13 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             hint = "YAML does not allow tabs for indentation; use spaces"
         elif "mapping values are not allowed" in problem:
             hint = "a ':' inside a value needs quotes, or a missing newline/indent before this key"
-        raise SpecError.at(span, f"YAML syntax error: {problem}", hint=hint) from None
+        notes = []
+        ctx = exc.context_mark
+        if exc.context and ctx is not None and exc.problem_mark is not None and ctx.line != exc.problem_mark.line:
+            notes.append((Span(file, ctx.line + 1, ctx.column + 1), exc.context.replace("while parsing", "in")
+                          + " that starts here"))  # fmt: skip
+            hint = hint or "is a closing bracket or a quote missing?"
+        raise SpecError(Diagnostic(f"YAML syntax error: {problem}", span, hint=hint, notes=notes)) from None
     if root is None:
         raise SpecError.at(Span(file, 1, 1), "the spec is empty", hint="start with 'dagcv: 1'")
     builder = _Builder(smap)

@@ -1,0 +1,49 @@
+# dagcv: `make demo` and `make test` each set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint format manifest graphviz bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+# Graphviz's `dot` renders graphs; installed through apt-get when missing and we are root.
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing graphviz (dot) with apt-get"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
+	      || echo "warning: could not install graphviz; rendering will fail" >&2; \
+	  else echo "warning: Graphviz 'dot' not found and not root: install graphviz to render graphs" >&2; fi; }
+
+setup: $(STAMP) graphviz
+
+demo: setup
+	$(VENV)/bin/dagcv check specs/*.yaml
+	$(VENV)/bin/dagcv compile specs/lenet_mnist.yaml -o build/lenet_mnist
+	@echo "ejected model: build/lenet_mnist/model.py"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	$(PY) -m pytest -q
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Regenerate blocks/manifest.json after editing a block's contract (a test fails while it is stale).
+manifest: setup
+	$(PY) -m dagcv.registry
+
+bench: setup
+	$(PY) tools/bench_overhead.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache
