@@ -1,9 +1,10 @@
-"""Build stage: instantiate blocks in topological order and propagate concrete shapes with fake tensors.
+"""Build stage: instantiate blocks in topological order and propagate concrete shapes with meta tensors.
 
 Constructor arguments are the validated parameters plus what the shape pass inferred (``in_channels``...).
-Shapes are propagated with :class:`~torch._subclasses.fake_tensor.FakeTensorMode` (no real compute); a block
-whose forward cannot run on fake tensors (data-dependent control flow, say) runs once on real example tensors
-instead. Each block's actual output shapes are checked against its declared contract.
+Shapes are propagated on the ``meta`` device (no real compute, no memory): each real block is called through
+:func:`torch.func.functional_call` with meta copies of its parameters and buffers. A block whose forward
+cannot run on meta tensors (data-dependent control flow, say) runs once on real example tensors instead.
+Each block's actual output shapes are checked against its declared contract.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ def build(sg: SpecGraph, *, propagate: bool = True) -> BuiltGraph:
     return built
 
 
-def example_value(kind: str, shape: list[int]) -> torch.Tensor:
+def example_value(kind: str, shape: list[int], device: str = "cpu") -> torch.Tensor:
     """An example tensor of a kind: zeros for index kinds (valid class ids), normal noise otherwise."""
     dtype = getattr(torch, KINDS[kind].dtype)
+    if device == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
     if dtype.is_floating_point:
         return torch.randn(shape, dtype=dtype)
     return torch.zeros(shape, dtype=dtype)
@@ -86,14 +89,12 @@ def call_args(sg: SpecGraph, node: str, values: dict[tuple[str, str], Any]) -> l
 
 
 def propagate_shapes(built: BuiltGraph) -> None:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     sg = built.sg
     values: dict[tuple[str, str], Any] = {}
+    memo: dict = {}
     was_training = {n: m.training for n, m in built.modules.items()}
     for m in built.modules.values():
         m.eval()
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
     try:
         for name in sg.order():
             data = sg.node(name)
@@ -101,16 +102,14 @@ def propagate_shapes(built: BuiltGraph) -> None:
                 shape = data["shapes"][INPUT_PORT]
                 kind = data["type"].kind if data.get("type") else "Tensor"
                 if shape is not None and KINDS[kind].tensor:
-                    with fake:
-                        values[(name, INPUT_PORT)] = example_value(kind, [d.value for d in shape])
+                    values[(name, INPUT_PORT)] = example_value(kind, [d.value for d in shape], "meta")
             elif data["contract"].is_source:
                 for port in data["contract"].outputs:
                     dims = data["shapes"].get(port.name)
                     if KINDS[port.parsed.kind].tensor and dims is not None:
-                        with fake:
-                            values[(name, port.name)] = example_value(port.parsed.kind, [d.value for d in dims])
+                        values[(name, port.name)] = example_value(port.parsed.kind, [d.value for d in dims], "meta")
             else:
-                _run_block(built, name, values, fake)
+                _run_block(built, name, values, memo)
             for port, value in _outputs_of(sg, name, values):
                 built.shapes[(name, port)] = describe(value)
     finally:
@@ -118,19 +117,25 @@ def propagate_shapes(built: BuiltGraph) -> None:
             m.train(was_training[n])
 
 
-def _run_block(built: BuiltGraph, name: str, values: dict, fake) -> None:
+def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict) -> None:
     sg = built.sg
     contract = sg.node(name)["contract"]
     args = call_args(sg, name, values)
+    ports = [p.name for p in contract.outputs]
+    # Output shapes are a function of the block type, its arguments and its input shapes: blocks repeated
+    # with the same arguments on the same shapes (a stack of identical layers) run once.
+    key = _memo_key(contract.name, built.kwargs(name), args)
+    if key is not None and key in memo:
+        for port, (shape, dtype) in zip(ports, memo[key], strict=True):
+            values[(name, port)] = torch.empty(shape, dtype=dtype, device="meta")
+        return
     module = built.objects[name]
     try:
-        with fake, torch.no_grad():
-            out = module(*args)
-    except Exception:  # noqa: BLE001 - any fake-tensor limitation: fall back to real example tensors
-        real = [_realize(a) for a in args]
         with torch.no_grad():
-            out = module(*real)
-    ports = [p.name for p in contract.outputs]
+            out = _meta_call(module, args)
+    except Exception:  # noqa: BLE001 - any meta-device limitation: fall back to real example tensors
+        with torch.no_grad():
+            out = module(*[_realize(a) for a in args])
     if len(ports) == 1:
         out = {ports[0]: out}
     elif not isinstance(out, dict) or set(out) != set(ports):
@@ -147,15 +152,45 @@ def _run_block(built: BuiltGraph, name: str, values: dict, fake) -> None:
                 f"{tuple(value.shape)}, but its contract {port.type} says {format_shape(dims, concrete=True)} "
                 f"({format_shape(dims)}); fix the block or its contract"
             )
+    if key is not None and all(isinstance(out[p], torch.Tensor) and out[p].is_meta for p in ports):
+        memo[key] = [(tuple(out[p].shape), out[p].dtype) for p in ports]
+
+
+def _memo_key(block: str, kwargs: dict, args: list[Any]) -> tuple | None:
+    """A hashable key for (block, arguments, input shapes), or None when an input is not a meta tensor."""
+    if not all(a is None or (isinstance(a, torch.Tensor) and a.is_meta) for a in args):
+        return None
+    try:
+        return (block, _hashable(kwargs), tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args))
+    except TypeError:
+        return None
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    hash(value)
+    return value
+
+
+def _meta_call(module: Any, args: list[Any]) -> Any:
+    """Call ``module`` with its parameters and buffers swapped for meta copies (shapes only, no compute)."""
+    if any(isinstance(a, torch.Tensor) and not a.is_meta for a in args):
+        raise RuntimeError("real input")  # an upstream block already fell back to real tensors
+    if not isinstance(module, nn.Module):
+        return module(*args)
+    state = {k: v.to("meta") for k, v in [*module.named_parameters(), *module.named_buffers()]}
+    return torch.func.functional_call(module, state, tuple(args))
 
 
 def _realize(value: Any) -> Any:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    if isinstance(value, FakeTensor):
-        return example_value("Tensor" if value.dtype.is_floating_point else "Labels", list(value.shape)).to(
-            value.dtype
-        )
+    """A real tensor standing in for a meta one (same shape and dtype)."""
+    if isinstance(value, torch.Tensor) and value.is_meta:
+        if value.dtype.is_floating_point:
+            return torch.randn(value.shape, dtype=value.dtype)
+        return torch.zeros(value.shape, dtype=value.dtype)
     return value
 
 

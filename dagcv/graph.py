@@ -33,7 +33,7 @@ MODULE_ATTRIBUTES = frozenset(
     "register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook "
     "register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook "
     "register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smooth_l1 state_dict "
-    "to to_empty train training type xpu zero_grad code graph".split()
+    "to to_empty train training type xpu zero_grad code graph T_destination".split()
 )
 
 

@@ -110,6 +110,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             notes.append((Span(file, ctx.line + 1, ctx.column + 1), exc.context.replace("while parsing", "in")
                           + " that starts here"))  # fmt: skip
             hint = hint or "is a closing bracket or a quote missing?"
+        if exc.context and "flow" in exc.context and "[" in (lines[mark.line] if mark and mark.line < len(lines) else ""):
+            hint = "inside { } a port type must be quoted: {x: 'Image[B, 3, H, W]'}, or use one key per line"
         raise SpecError(Diagnostic(f"YAML syntax error: {problem}", span, hint=hint, notes=notes)) from None
     if root is None:
         raise SpecError.at(Span(file, 1, 1), "the spec is empty", hint="start with 'dagcv: 1'")

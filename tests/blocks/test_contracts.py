@@ -1,0 +1,150 @@
+"""Registry-wide checks: every shipped block meets its declared port contract on real tensors.
+
+Each block gets one or more example cases: sizes for the symbols of its input patterns (a list binds a ``*F``
+group) and values for its required parameters. The inputs are made from the declared patterns, inferred
+arguments are computed from ``infer``, and each output's real shape must equal its declared pattern evaluated
+over the same symbols and parameters. A new block without examples fails here until it gets some.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution
+
+import blocks  # noqa: F401  (registers every shipped block)
+from dagcv.registry import Contract, iter_live
+from dagcv.types import KINDS, Dim, evaluate, evaluate_dims, parse_port_type
+
+# Example symbol sizes per block, one dict per case: odd sizes and the 1×1 edge where the block allows them.
+EXAMPLE_SIZES: dict[str, list[dict[str, Any]]] = {
+    "lenet_features": [{"B": 2, "C": 3, "H": 32, "W": 32}, {"B": 2, "C": 1, "H": 28, "W": 28},
+                       {"B": 1, "C": 3, "H": 33, "W": 47}],
+    "resnet18": [{"B": 2, "H": 64, "W": 64}, {"B": 2, "H": 33, "W": 47}, {"B": 2, "H": 1, "W": 1}],
+    "resnet34": [{"B": 2, "H": 33, "W": 47}],
+    "resnet50": [{"B": 2, "H": 33, "W": 47}, {"B": 2, "H": 1, "W": 1}],
+    "mobilenet_v3_large": [{"B": 2, "H": 64, "W": 64}, {"B": 2, "H": 33, "W": 47}, {"B": 2, "H": 1, "W": 1}],
+    "mobilenet_v3_small": [{"B": 2, "H": 33, "W": 47}, {"B": 2, "H": 97, "W": 1}],
+    "mlp_head": [{"B": 2, "F": [16, 5, 5]}, {"B": 3, "F": [7]}],
+    "global_pool_head": [{"B": 2, "C": 8, "H": 3, "W": 5}, {"B": 1, "C": 4, "H": 1, "W": 1}],
+    "mlp": [{"B": 3, "D": 5}],
+    "cross_entropy": [{"B": 4, "K": 3}],
+    "mse_loss": [{"B": 2, "F": [3, 4]}, {"B": 5, "F": []}],
+    "mlp_policy": [{"B": 3, "D": 4, "A": 2}, {"B": 1, "D": 6, "A": 5}],
+    "mlp_critic": [{"B": 3, "D": 4}],
+    "conv_encoder": [{"B": 2, "C": 1, "H": 28, "W": 28}, {"B": 1, "C": 3, "H": 32, "W": 16}],
+    "vector_quantizer": [{"B": 2, "D": 16, "H": 7, "W": 7}, {"B": 1, "D": 3, "H": 1, "W": 5}],
+    "conv_decoder": [{"B": 2, "C": 16, "H": 7, "W": 7}, {"B": 1, "C": 4, "H": 3, "W": 1}],
+}  # fmt: skip
+
+# Required parameters (and a few non-defaults worth exercising).
+EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
+    "mlp_head": {"hidden": [8, 6], "num_classes": 5},
+    "global_pool_head": {"num_classes": 5},
+    "mlp": {"hidden": [8], "out_features": 6, "activation": "gelu"},
+    "conv_encoder": {"latent_dim": 8},
+    "vector_quantizer": {"num_codes": 10},
+    "conv_decoder": {"out_channels": 2},
+}
+
+
+def shipped_modules() -> list[tuple[Contract, Any]]:
+    """Shipped blocks that are part of a model (env and data sources are checked in their own tests)."""
+    return [(c, obj) for c, obj in iter_live() if c.target.startswith("blocks.") and c.module]
+
+
+def cases() -> list[Any]:
+    out = []
+    for contract, obj in shipped_modules():
+        for i, sizes in enumerate(EXAMPLE_SIZES.get(contract.name, [None])):
+            out.append(pytest.param(contract, obj, sizes, id=f"{contract.name}-{i}"))
+    return out
+
+
+def symbol_env(sizes: dict[str, Any]) -> dict[str, object]:
+    return {k: [Dim.const(v) for v in val] if isinstance(val, list) else Dim.symbol(k, val) for k, val in sizes.items()}
+
+
+def build(contract: Contract, obj: Any, env: dict[str, object]) -> tuple[nn.Module, dict[str, object]]:
+    """The block with its example params and inferred args, plus ``env`` extended with every int param."""
+    given = EXAMPLE_PARAMS.get(contract.name, {}) | {a: evaluate(e, env).value for a, e in contract.infer.items()}
+    defaults = {p.name: p.default for p in contract.params if not p.required}
+    return obj(**given), env | {k: v for k, v in (defaults | given).items() if type(v) is int}
+
+
+def example_inputs(contract: Contract, env: dict[str, object]) -> list[Tensor]:
+    """One tensor per run-time input port; static ports (an action space) are build-time only."""
+    inputs = []
+    for port in contract.inputs:
+        ptype = parse_port_type(port.type)
+        kind = KINDS[ptype.kind]
+        if kind.static:
+            continue
+        assert kind.tensor and ptype.dims is not None, f"{contract.name}.{port.name}: no example for {port.type}"
+        shape = [d.value for d in evaluate_dims(ptype.dims, env)]
+        if kind.dtype == "int64":
+            inputs.append(torch.randint(0, 2, shape))
+        else:
+            inputs.append(torch.randn(shape))
+    return inputs
+
+
+def outputs_by_port(contract: Contract, result: Any) -> dict[str, Any]:
+    if len(contract.outputs) == 1:
+        return {contract.outputs[0].name: result}
+    assert isinstance(result, dict), f"{contract.name}: several outputs must come back as a dict"
+    assert list(result) == [p.name for p in contract.outputs]
+    return result
+
+
+def real_shape(value: Any) -> list[int]:
+    if isinstance(value, Tensor):
+        return list(value.shape)
+    if isinstance(value, Categorical):  # dims of a categorical: its logits (batch, categories)
+        return list(value.logits.shape)
+    raise AssertionError(f"no shape rule for {type(value).__name__}")
+
+
+@pytest.mark.parametrize(("contract", "obj", "sizes"), cases())
+def test_declared_shape_contract_holds(contract: Contract, obj: Any, sizes: dict[str, Any] | None) -> None:
+    assert sizes is not None, f"add example sizes for block '{contract.name}' to EXAMPLE_SIZES"
+    torch.manual_seed(0)
+    module, env = build(contract, obj, symbol_env(sizes))
+    with torch.no_grad():
+        result = module.eval()(*example_inputs(contract, env))
+    for port in contract.outputs:
+        value = outputs_by_port(contract, result)[port.name]
+        ptype = parse_port_type(port.type)
+        kind = KINDS[ptype.kind]
+        if kind.tensor:
+            assert isinstance(value, Tensor), f"{port.name}: a {ptype.kind} must be a tensor"
+            assert value.dtype == getattr(torch, kind.dtype), f"{port.name}: {value.dtype}, expected {kind.dtype}"
+        else:
+            assert isinstance(value, Distribution) or ptype.kind != "Distribution"
+        want = [d.value for d in evaluate_dims(ptype.dims, env)]
+        assert real_shape(value) == want, f"{contract.name}.{port.name}: {real_shape(value)} != {port.type} = {want}"
+
+
+@pytest.mark.parametrize(
+    ("contract", "obj"), [pytest.param(c, o, id=c.name) for c, o in shipped_modules() if c.name in EXAMPLE_SIZES]
+)
+def test_gradients_reach_every_parameter(contract: Contract, obj: Any) -> None:
+    torch.manual_seed(0)
+    module, env = build(contract, obj, symbol_env(EXAMPLE_SIZES[contract.name][0]))
+    inputs = example_inputs(contract, env)
+    for x in inputs:
+        x.requires_grad_(x.is_floating_point())
+    total = torch.zeros(())
+    for value in outputs_by_port(contract, module.train()(*inputs)).values():
+        if isinstance(value, Distribution):
+            total = total + value.log_prob(value.sample()).sum()
+        elif value.is_floating_point():
+            total = total + value.sum()
+    total.backward()
+    for name, param in module.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), f"{contract.name}: no gradient for {name}"
+    for x in inputs:
+        assert not x.requires_grad or x.grad is not None

@@ -1,0 +1,17 @@
+"""The examples in the block docstrings run and print what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+FAMILY_MODULES = ["blocks.layers", "blocks.backbones", "blocks.heads", "blocks.losses", "blocks.rl",
+                  "blocks.generative"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FAMILY_MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
