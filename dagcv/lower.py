@@ -70,7 +70,7 @@ class Program:
 
 def runtime_inputs(sg: SpecGraph) -> list[tuple[str, Value]]:
     """Arguments of ``forward``: spec inputs, then the run-time outputs of source blocks (an env's observation)."""
-    out = [(name, Value(name, INPUT_PORT)) for name in sg.spec.inputs]
+    out = [(name, Value(name, INPUT_PORT)) for name in sg.spec.inputs if not _static_input(sg, name)]
     for name in sg.blocks():
         contract = sg.node(name)["contract"]
         if contract.is_source:
@@ -78,6 +78,12 @@ def runtime_inputs(sg: SpecGraph) -> list[tuple[str, Value]]:
                 if not KINDS[port.parsed.kind].static:
                     out.append((f"{name}_{port.name}", Value(name, port.name)))
     return out
+
+
+def _static_input(sg: SpecGraph, name: str) -> bool:
+    """An input of a static kind (``ActionSpace[5]``) only carries dims for inference; it is no argument."""
+    port_type = sg.node(name).get("type")
+    return port_type is not None and KINDS[port_type.kind].static
 
 
 def make_program(sg: SpecGraph, mode: str) -> Program:

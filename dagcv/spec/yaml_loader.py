@@ -20,6 +20,8 @@ from dagcv.spec.source import Path, SourceMap
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+_SCALAR_TAGS = tuple(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "merge"))
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MAX_NODES = 200_000  # alias bombs ("billion laughs") expand past this
 
 
@@ -52,6 +54,11 @@ class _Builder:
         raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML node {type(node).__name__}")
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == _TIMESTAMP:
+            return node.value  # a date-like value stays the text it is
+        if node.tag not in _SCALAR_TAGS:
+            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML tag '{node.tag}'",
+                               hint="specs hold plain data: strings, numbers, booleans, lists and mappings")
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
