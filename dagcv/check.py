@@ -34,7 +34,8 @@ def check_kinds(sg: SpecGraph) -> None:
 
 
 def _where(node: str, port: str, sg: SpecGraph) -> str:
-    return node if sg.node(node)["kind"] == "input" or port == INPUT_PORT else f"{node}.{port}"
+    """``input`` for a spec input, ``node.port`` for a block output."""
+    return node if sg.node(node)["kind"] == "input" else f"{node}.{port}"
 
 
 def input_shapes(sg: SpecGraph) -> None:

@@ -52,7 +52,7 @@ def test_cli_exit_code_and_json(at_root) -> None:
     (diag,) = json.loads(run.stdout)
     assert diag == {
         "file": case, "line": 9, "col": 44, "end_line": 9, "end_col": 52, "severity": "error", "node": "loss",
-        "port": "logits", "message": "kind mismatch: features is FeatureMap but loss.logits expects Logits",
+        "port": "logits", "message": "kind mismatch: features.out is FeatureMap but loss.logits expects Logits",
         "hint": "'loss.logits' needs Logits; check which node should feed it", "notes": [],
     }  # fmt: skip
     plain = subprocess.run([sys.executable, "-m", "dagcv.cli", "check", case], capture_output=True, text=True)
