@@ -156,6 +156,31 @@ def blocks(name: str | None, as_json: bool) -> None:
     click.echo(_describe(contract))
 
 
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
+def schema(output: Path | None) -> None:
+    """Print (or write) the JSON Schema of spec files, for editor completion and validation."""
+    from dagcv.schema import spec_schema
+
+    text = json.dumps(spec_schema(), indent=1, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    write_file_atomically(output, text)
+    click.echo(f"wrote {output}")
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write one file through a temporary sibling and a rename: readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _describe(c) -> str:
     lines = [f"{c.name}  ({c.family})", f"  {c.doc}", "", f"  class: {c.target.replace(':', '.')}",
              f"  file:  {c.file}:{c.line}", f"  mode:  {c.default_mode} (default)", "", "  inputs:"]  # fmt: skip

@@ -29,11 +29,17 @@ STATIC_PASSES: list[Pass] = [
 ]
 
 
-def check_spec(spec: Spec, reg: Registry | None = None) -> graph.SpecGraph:
-    """Run every static pass; raises :class:`SpecError` holding all independent problems found."""
+def analyze(spec: Spec, reg: Registry | None = None) -> graph.SpecGraph:
+    """Run every static pass and return the graph with its diagnostics, valid or not (for rendering)."""
     sg = graph.SpecGraph(spec, reg or registry())
     for run in STATIC_PASSES:
         run(sg)
+    return sg
+
+
+def check_spec(spec: Spec, reg: Registry | None = None) -> graph.SpecGraph:
+    """Run every static pass; raises :class:`SpecError` holding all independent problems found."""
+    sg = analyze(spec, reg)
     if sg.diagnostics:
         raise SpecError(sg.diagnostics, {spec.source.file: spec.source.text})
     return sg

@@ -1,0 +1,58 @@
+"""A JSON Schema of the spec format, generated from the Pydantic IR and each block's parameters model.
+
+Blocks are a discriminated union on ``type``: an editor running yaml-language-server completes block types,
+then that block's parameters (with their docs and defaults), and flags unknown keys.
+
+    dagcv schema -o dagcv.schema.json
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import ConfigDict, Field, TypeAdapter, create_model
+
+from dagcv.graph import params_model
+from dagcv.registry import Contract, Registry, registry
+from dagcv.spec.ir import IDENTIFIER, Spec
+
+SOURCE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+SCHEMA_ID = "https://dagcv.dev/schema/spec-1.json"
+
+Source = Annotated[str, Field(pattern=SOURCE, description="'node' or 'node.port'")]
+
+
+def block_model(contract: Contract) -> type:
+    """The model of one block entry: reserved keys plus the block's own parameters, inline."""
+    ports = [p.name for p in contract.inputs]
+    wires: Any = Source | dict[Literal[tuple(ports)], Source] | None if ports else None  # type: ignore[valid-type]
+    fields: dict[str, Any] = {
+        "type": (Literal[contract.name], Field(description=contract.doc)),
+        "in_": (wires, Field(default=None, alias="in", description=_wiring_doc(contract))),
+        "mode": (Literal["train", "eval", "both"] | None,
+                 Field(default=None, description=f"when the node runs (default: {contract.default_mode})")),
+    }  # fmt: skip
+    base = params_model(contract)
+    for name, info in base.model_fields.items():
+        fields[name] = (info.annotation, info)
+    return create_model(
+        f"Block_{contract.name}", __config__=ConfigDict(extra="forbid", title=contract.name, populate_by_name=True),
+        **fields,
+    )  # fmt: skip
+
+
+def _wiring_doc(contract: Contract) -> str:
+    ports = ", ".join(f"{p.name}: {p.type}" for p in contract.inputs) or "none"
+    return f"one source, or a mapping port → source. Inputs: {ports}"
+
+
+def spec_schema(reg: Registry | None = None) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a spec, with one entry per registered block."""
+    reg = reg or registry()
+    models = [block_model(reg.contracts[name]) for name in reg.names()]
+    block = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007 - a runtime tuple of types
+    fields = {name: (info.annotation, info) for name, info in Spec.model_fields.items()}
+    fields["blocks"] = (dict[Annotated[str, Field(pattern=IDENTIFIER)], block], Spec.model_fields["blocks"])
+    model = create_model("DagcvSpec", __config__=ConfigDict(extra="forbid", title="dagcv spec"), **fields)
+    schema = TypeAdapter(model).json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
