@@ -24,10 +24,16 @@ def check_kinds(sg: SpecGraph) -> None:
         if src_type is None or dst is None:
             continue
         if not is_subkind(src_type.kind, dst.parsed.kind):
-            fits = [p.name for p in sg.node(u)["contract"].outputs
-                    if is_subkind(p.parsed.kind, dst.parsed.kind)] if sg.node(u)["kind"] == "block" else []
-            hint = (f"use {u}.{fits[0]}, which is a {dst.parsed.kind}" if fits else
-                    f"'{v}.{d['dst_port']}' needs {dst.parsed.kind}; check which node should feed it")
+            fits = (
+                [p.name for p in sg.node(u)["contract"].outputs if is_subkind(p.parsed.kind, dst.parsed.kind)]
+                if sg.node(u)["kind"] == "block"
+                else []
+            )
+            hint = (
+                f"use {u}.{fits[0]}, which is a {dst.parsed.kind}"
+                if fits
+                else f"'{v}.{d['dst_port']}' needs {dst.parsed.kind}; check which node should feed it"
+            )
             sg.error(f"kind mismatch: {_where(u, d['src_port'], sg)} is {src_type.kind} but "
                      f"{v}.{d['dst_port']} expects {dst.parsed.kind}", d["span"], node=v, port=d["dst_port"],
                      hint=hint)  # fmt: skip
@@ -53,9 +59,12 @@ def input_shapes(sg: SpecGraph) -> None:
             continue
         missing = [p.expr for p in port_type.dims if p.variadic or (p.symbol and p.symbol not in env)]
         if missing:
-            sg.error(f"input '{name}': no example size for {', '.join(repr(m) for m in missing)}",
-                     smap.value("inputs", name), node=name,
-                     hint=f"add `sizes: {{{', '.join(f'{m}: <int>' for m in missing)}}}` to the spec")
+            sg.error(
+                f"input '{name}': no example size for {', '.join(repr(m) for m in missing)}",
+                smap.value("inputs", name),
+                node=name,
+                hint=f"add `sizes: {{{', '.join(f'{m}: <int>' for m in missing)}}}` to the spec",
+            )
             continue  # fmt: skip
         try:
             data["shapes"] = {INPUT_PORT: evaluate_dims(port_type.dims, env)}
@@ -118,9 +127,13 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
         try:
             shapes[port.name] = evaluate_dims(port.parsed.dims, env_all)
         except ShapeError as exc:
-            sg.error(f"'{name}' ({contract.name}) cannot produce its output '{port.name}' ({port.type}): {exc}",
-                     data["span"], node=name, port=port.name,
-                     hint="change the input size (`sizes:`) or the block's parameters")
+            sg.error(
+                f"'{name}' ({contract.name}) cannot produce its output '{port.name}' ({port.type}): {exc}",
+                data["span"],
+                node=name,
+                port=port.name,
+                hint="change the input size (`sizes:`) or the block's parameters",
+            )
             return  # fmt: skip
     data["inferred"] = inferred
     data["shapes"] = shapes
@@ -132,8 +145,10 @@ def _example_sizes(sg: SpecGraph) -> dict[str, Dim]:
 
 def _shape_error(sg: SpecGraph, node: str, src: str, edge: dict, shape: list[Dim], want: str, why: str) -> None:
     got = format_shape(shape)
-    message = (f"shape mismatch: {_where(src, edge['src_port'], sg)} gives {got} "
-               f"({format_shape(shape, concrete=True)}) but {node}.{edge['dst_port']} expects {want}: {why}")
+    message = (
+        f"shape mismatch: {_where(src, edge['src_port'], sg)} gives {got} "
+        f"({format_shape(shape, concrete=True)}) but {node}.{edge['dst_port']} expects {want}: {why}"
+    )
     notes = []
     src_span: Span | None = sg.node(src).get("span")
     if src_span is not None:

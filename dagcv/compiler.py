@@ -1,7 +1,7 @@
 """The compile driver: the passes, in order. Static checking never imports torch.
 
-    >>> sg = check_file("specs/lenet_mnist.yaml")                 # doctest: +SKIP
-    >>> model = build_and_lower(sg).module                         # doctest: +SKIP
+>>> sg = check_file("specs/lenet_mnist.yaml")                 # doctest: +SKIP
+>>> model = build_and_lower(sg).module                         # doctest: +SKIP
 """
 
 from __future__ import annotations

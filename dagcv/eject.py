@@ -20,7 +20,7 @@ def eject(built: BuiltGraph, source_name: str | None = None) -> str:
     name = class_name_for(sg.spec.name)
     imports: dict[str, set[str]] = {}
     lines_init = []
-    for node, module in built.modules.items():
+    for node in built.modules:
         contract = sg.node(node)["contract"]
         mod, qualname = contract.target.split(":")
         imports.setdefault(mod, set()).add(qualname.split(".")[0])

@@ -32,8 +32,8 @@ MODULE_ATTRIBUTES = frozenset(
     "register_backward_hook register_buffer register_forward_hook register_forward_pre_hook "
     "register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook "
     "register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook "
-    "register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smooth_l1 state_dict "
-    "to to_empty train training type xpu zero_grad code graph T_destination".split()
+    "register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smooth_l1 "
+    "state_dict to to_empty train training type xpu zero_grad code graph T_destination".split()
 )
 
 
@@ -143,8 +143,12 @@ def resolve_blocks(sg: SpecGraph) -> None:
         check_name(sg, name, span, "block")
         contract = sg.registry.get(decl.type)
         if contract is None:
-            sg.error(f"unknown block type '{decl.type}'", smap.value("blocks", name, "type"), node=name,
-                     hint=did_you_mean(decl.type, sg.registry.names()) or "`dagcv blocks` lists every block")
+            sg.error(
+                f"unknown block type '{decl.type}'",
+                smap.value("blocks", name, "type"),
+                node=name,
+                hint=did_you_mean(decl.type, sg.registry.names()) or "`dagcv blocks` lists every block",
+            )
             continue  # fmt: skip
         data = sg.node(name)
         data["contract"] = contract
@@ -198,7 +202,8 @@ def params_model(contract: Contract) -> type:
             fields[p.name] = (tp, Field(description=p.doc))
         else:
             fields[p.name] = (tp, Field(default=p.default, description=p.doc))
-    model = create_model(f"{contract.name}_params", __config__=ConfigDict(extra="forbid", validate_default=True), **fields)
+    config = ConfigDict(extra="forbid", validate_default=True)
+    model = create_model(f"{contract.name}_params", __config__=config, **fields)
     _PARAM_MODELS[key] = model
     return model
 
@@ -247,9 +252,13 @@ def connect(sg: SpecGraph) -> None:
                 span = smap.value("blocks", name, "in", port)
                 if contract.input(port) is None:
                     names = [p.name for p in contract.inputs]
-                    sg.error(f"block type '{contract.name}' has no input port '{port}'",
-                             smap.key("blocks", name, "in", port), node=name, port=port,
-                             hint=did_you_mean(port, names) or f"its inputs: {', '.join(names) or 'none'}")
+                    sg.error(
+                        f"block type '{contract.name}' has no input port '{port}'",
+                        smap.key("blocks", name, "in", port),
+                        node=name,
+                        port=port,
+                        hint=did_you_mean(port, names) or f"its inputs: {', '.join(names) or 'none'}",
+                    )
                     continue  # fmt: skip
                 ref = parse_ref(sg, src, span, name)
                 if ref is not None:
@@ -257,8 +266,12 @@ def connect(sg: SpecGraph) -> None:
         elif wires is not None:
             span = smap.value("blocks", name, "in")
             if isinstance(wires, list):
-                sg.error(f"'in' of '{name}' is a list; write one source or a mapping port → source", span,
-                         node=name, hint=f"e.g. in: {{{', '.join(f'{p.name}: ...' for p in contract.inputs)}}}")
+                sg.error(
+                    f"'in' of '{name}' is a list; write one source or a mapping port → source",
+                    span,
+                    node=name,
+                    hint=f"e.g. in: {{{', '.join(f'{p.name}: ...' for p in contract.inputs)}}}",
+                )
                 continue  # fmt: skip
             ref = parse_ref(sg, wires, span, name)
             if ref is not None:
@@ -280,8 +293,12 @@ def _connect_single(sg: SpecGraph, ref: Ref, node: str, contract: Contract) -> N
         required = [p for p in ports if not p.parsed.optional]
         target = ports[0] if len(ports) == 1 else (required[0] if len(required) == 1 else None)
         if target is None:
-            sg.error(f"'{node}' has several inputs ({', '.join(p.name for p in ports)}); say which is which",
-                     ref.span, node=node, hint=f"in: {{{', '.join(f'{p.name}: ...' for p in ports)}}}")
+            sg.error(
+                f"'{node}' has several inputs ({', '.join(p.name for p in ports)}); say which is which",
+                ref.span,
+                node=node,
+                hint=f"in: {{{', '.join(f'{p.name}: ...' for p in ports)}}}",
+            )
             return  # fmt: skip
         _add_edge(sg, Ref(ref.node, ref.port or src_ports[0], ref.span), node, target.name)
         return
@@ -292,9 +309,14 @@ def _connect_single(sg: SpecGraph, ref: Ref, node: str, contract: Contract) -> N
         if len(fits) == 1:
             matched[port.name] = fits[0]
         elif not port.parsed.optional:
-            sg.error(f"node '{ref.node}' has several outputs ({', '.join(src_ports)}); cannot tell which feeds "
-                     f"'{node}.{port.name}'", ref.span, node=node, port=port.name,
-                     hint=f"write {ref.node}.<port>, e.g. {ref.node}.{(fits or src_ports)[0]}")
+            sg.error(
+                f"node '{ref.node}' has several outputs ({', '.join(src_ports)}); cannot tell which feeds "
+                f"'{node}.{port.name}'",
+                ref.span,
+                node=node,
+                port=port.name,
+                hint=f"write {ref.node}.<port>, e.g. {ref.node}.{(fits or src_ports)[0]}",
+            )
             return  # fmt: skip
     for port, src in matched.items():
         _add_edge(sg, Ref(ref.node, src, ref.span), node, port)
@@ -311,8 +333,13 @@ def _add_edge(sg: SpecGraph, ref: Ref, dst: str, dst_port: str) -> None:
     port = ref.port or (output_ports(sg, ref.node) or [INPUT_PORT])[0]
     if ref.port is None and len(output_ports(sg, ref.node) or []) > 1:
         ports = output_ports(sg, ref.node) or []
-        sg.error(f"node '{ref.node}' has several outputs ({', '.join(ports)}); say which feeds '{dst}.{dst_port}'",
-                 ref.span, node=dst, port=dst_port, hint=f"write {ref.node}.{ports[0]} (or another port)")
+        sg.error(
+            f"node '{ref.node}' has several outputs ({', '.join(ports)}); say which feeds '{dst}.{dst_port}'",
+            ref.span,
+            node=dst,
+            port=dst_port,
+            hint=f"write {ref.node}.{ports[0]} (or another port)",
+        )
         return  # fmt: skip
     sg.g.add_edge(ref.node, dst, key=dst_port, src_port=port, dst_port=dst_port, span=ref.span)
 
@@ -324,10 +351,11 @@ def _check_required(sg: SpecGraph, node: str, contract: Contract) -> None:
     quiet = sg.node(node).get("unresolved_inputs") or (sg.node(node).get("poisoned") and decl.inputs is not None)
     if missing and not quiet:
         types = ", ".join(f"{p.name}: {p.type}" for p in contract.inputs if p.name in missing)
-        sg.error(f"input port{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} of "
-                 f"'{node}' ({contract.name}) not connected", sg.spec.source.key("blocks", node), node=node,
-                 port=missing[0], hint=f"add `in: {{{', '.join(f'{m}: <source>' for m in missing)}}}` ({types})")
-        # fmt: skip
+        ports = ", ".join(repr(m) for m in missing)
+        wiring = ", ".join(f"{m}: <source>" for m in missing)
+        sg.error(f"input port{'s' if len(missing) > 1 else ''} {ports} of '{node}' ({contract.name}) not connected",
+                 sg.spec.source.key("blocks", node), node=node, port=missing[0],
+                 hint=f"add `in: {{{wiring}}}` ({types})")  # fmt: skip
 
 
 def check_outputs(sg: SpecGraph) -> None:
@@ -338,8 +366,11 @@ def check_outputs(sg: SpecGraph) -> None:
             continue
         ports = output_ports(sg, ref.node) or []
         if ref.port is None and len(ports) > 1:
-            sg.error(f"output '{out}': node '{ref.node}' has several outputs ({', '.join(ports)})",
-                     ref.span, hint=f"write {ref.node}.{ports[0]} (or another port)")
+            sg.error(
+                f"output '{out}': node '{ref.node}' has several outputs ({', '.join(ports)})",
+                ref.span,
+                hint=f"write {ref.node}.{ports[0]} (or another port)",
+            )
             continue  # fmt: skip
         if ports:
             sg.outputs[out] = (ref.node, ref.port or ports[0])

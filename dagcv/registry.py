@@ -276,11 +276,20 @@ def _contract_for(
         file = src
     return Contract(
         name=name, family=family, target=f"{obj.__module__}:{obj.__qualname__}", file=file,
-        line=inspect.getsourcelines(obj)[1], doc=doc.split("\n\n")[0].replace("\n", " "),
+        line=_definition_line(obj), doc=doc.split("\n\n")[0].replace("\n", " "),
         inputs=tuple(PortDecl(k, v) for k, v in inputs.items()),
         outputs=tuple(PortDecl(k, v) for k, v in outputs.items()),
         params=tuple(params), infer=dict(infer), default_mode=default_mode, module=module,
     )  # fmt: skip
+
+
+def _definition_line(obj: Any) -> int:
+    """The line of the ``class``/``def`` statement itself (getsourcelines starts at the first decorator)."""
+    lines, start = inspect.getsourcelines(obj)
+    for offset, text in enumerate(lines):
+        if text.lstrip().startswith(("class ", "def ")):
+            return start + offset
+    return start
 
 
 def _has_blocks() -> bool:
@@ -329,7 +338,7 @@ _TYPE_NAMESPACE = {"int": int, "float": float, "bool": bool, "str": str, "None":
 
 def annotation_type(text: str) -> Any:
     """The inverse of :func:`annotation_text` (manifest text → a type pydantic validates against)."""
-    return eval(text, {"__builtins__": {}}, _TYPE_NAMESPACE)  # noqa: S307 - our own manifest, closed namespace
+    return eval(text, {"__builtins__": {}}, _TYPE_NAMESPACE)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A port type is written ``Kind[dim, dim, ...]``: ``Image[B, 3, H, W]``, ``FeatureMap[B, C, H/8, W/8]``,
 ``Loss[]`` (a scalar), ``Logits[B, *F]`` (``*F`` binds any number of dims), or a bare ``Kind`` (any shape).
-Dims are small integer expressions over symbols: ``+ - * // /`` (``/`` must divide exactly), ``cdiv(a, b)``
+Dims are small integer expressions over symbols: ``+ - * // % /`` (``/`` must divide exactly), ``cdiv(a, b)``
 (ceil division), ``prod(F)``, ``min``, ``max``.
 
 Every symbol gets an example size (``sizes:`` in the spec, ``B`` defaults to 2), so each dim carries both its
@@ -162,10 +162,11 @@ def _call(name: str, args: list[Dim | list[Dim]]) -> Dim:
         return Dim("*".join(d.text if d.text.isidentifier() or d.is_const else f"({d.text})" for d in dims), value)
     if name == "cdiv" and len(flat) == 2:
         a, b = flat
+        if b.value == 0:
+            raise ShapeError(f"division by zero in 'cdiv({a.text}, {b.text})'")
         value = -(-a.value // b.value)
     elif name in ("min", "max") and flat:
         value = (min if name == "min" else max)(d.value for d in flat)
-        a = flat[0]
     else:
         raise ShapeError(f"unknown dim function {name}() or wrong arguments")
     if all(d.is_const for d in flat):
@@ -265,8 +266,9 @@ def parse_port_type(text: str) -> PortType:
         from dagcv.errors import did_you_mean
 
         hint = did_you_mean(kind, KINDS)
-        raise ShapeError(f"unknown kind '{kind}'" + (f"; {hint}" if hint else f"; kinds: {', '.join(KINDS)}"), lead,
-                         len(kind))
+        raise ShapeError(
+            f"unknown kind '{kind}'" + (f"; {hint}" if hint else f"; kinds: {', '.join(KINDS)}"), lead, len(kind)
+        )
     if name_end < 0:
         return PortType(kind, None, optional, raw.strip())
     if not body.endswith("]"):

@@ -24,7 +24,7 @@ def one_block_spec(contract: Contract, sizes: dict[str, Any]) -> str:
         ptype = parse_port_type(port.type)
         dims = []
         for d in ptype.dims:
-            value = sizes[d.expr] if d.expr in sizes else None
+            value = sizes.get(d.expr)
             if d.variadic:
                 dims += [str(v) for v in value]
             else:

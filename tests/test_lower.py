@@ -61,7 +61,9 @@ def load_ejected(source: str, tmp_path, name: str):
     return module
 
 
-@pytest.mark.parametrize(("spec", "shape", "flat"), [("lenet_cifar10", (3, 32, 32), 400), ("lenet_mnist", (1, 28, 28), 256)])
+@pytest.mark.parametrize(
+    ("spec", "shape", "flat"), [("lenet_cifar10", (3, 32, 32), 400), ("lenet_mnist", (1, 28, 28), 256)]
+)
 def test_lenet_matches_tutorial_net_exactly(spec, shape, flat, tmp_path) -> None:
     torch.manual_seed(0)
     compiled = compile_file(ROOT / "specs" / f"{spec}.yaml")

@@ -83,7 +83,8 @@ def test_third_party_block_through_entry_point(tmp_path) -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dagcv-scale-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[dagcv.blocks]\nscale = dagcv_scale_plugin\n")
     spec = tmp_path / "plugin.yaml"
-    spec.write_text(textwrap.dedent("""\
+    spec.write_text(
+        textwrap.dedent("""\
         dagcv: 1
         name: plugged
         inputs:
@@ -91,7 +92,8 @@ def test_third_party_block_through_entry_point(tmp_path) -> None:
         blocks:
           scaled: {type: scale_by, in: x, factor: 3.0}
         outputs: {y: scaled}
-        """))
+        """)
+    )
     script = textwrap.dedent(f"""\
         import torch
         from dagcv.compiler import compile_file

@@ -1,6 +1,6 @@
 """Generate large valid specs for benchmarks: a layered DAG of small MLP blocks with skip branches.
 
-    python tools/gen_spec.py 1000 > /tmp/big.yaml
+python tools/gen_spec.py 1000 > /tmp/big.yaml
 """
 
 from __future__ import annotations

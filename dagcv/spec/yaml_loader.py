@@ -43,8 +43,11 @@ class _Builder:
             raise SpecError.at(_span(node, self.smap.file), "spec is too large or too deeply nested (alias bomb?)")
         self.smap.values[path] = _span(node, self.smap.file)
         if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
-            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML tag '{node.tag}'",
-                               hint="specs hold plain data: strings, numbers, booleans, lists and mappings")
+            raise SpecError.at(
+                _span(node, self.smap.file),
+                f"unsupported YAML tag '{node.tag}'",
+                hint="specs hold plain data: strings, numbers, booleans, lists and mappings",
+            )
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
         if isinstance(node, yaml.SequenceNode):
@@ -57,13 +60,19 @@ class _Builder:
         if node.tag == _TIMESTAMP:
             return node.value  # a date-like value stays the text it is
         if node.tag not in _SCALAR_TAGS:
-            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML tag '{node.tag}'",
-                               hint="specs hold plain data: strings, numbers, booleans, lists and mappings")
+            raise SpecError.at(
+                _span(node, self.smap.file),
+                f"unsupported YAML tag '{node.tag}'",
+                hint="specs hold plain data: strings, numbers, booleans, lists and mappings",
+            )
         try:
             return self.constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:
-            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML tag '{node.tag}'",
-                               hint="specs hold plain data: strings, numbers, booleans, lists and mappings") from None
+        except yaml.constructor.ConstructorError:
+            raise SpecError.at(
+                _span(node, self.smap.file),
+                f"unsupported YAML tag '{node.tag}'",
+                hint="specs hold plain data: strings, numbers, booleans, lists and mappings",
+            ) from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
         out: dict[Any, Any] = {}
@@ -86,9 +95,14 @@ class _Builder:
             key_span = _span(key_node, self.smap.file)
             if key in out and (*path, key) in self.smap.keys:
                 first = self.smap.keys[(*path, key)]
-                self.errors.append(Diagnostic(f"duplicate key '{key}'", key_span,
-                                              hint=f"'{key}' is already defined at line {first.line}",
-                                              notes=[(first, "first defined here")]))
+                self.errors.append(
+                    Diagnostic(
+                        f"duplicate key '{key}'",
+                        key_span,
+                        hint=f"'{key}' is already defined at line {first.line}",
+                        notes=[(first, "first defined here")],
+                    )
+                )
                 continue
             self.smap.keys[(*path, key)] = key_span
             out[key] = self.build(value_node, (*path, key), depth + 1)
@@ -117,7 +131,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             notes.append((Span(file, ctx.line + 1, ctx.column + 1), exc.context.replace("while parsing", "in")
                           + " that starts here"))  # fmt: skip
             hint = hint or "is a closing bracket or a quote missing?"
-        if exc.context and "flow" in exc.context and "[" in (lines[mark.line] if mark and mark.line < len(lines) else ""):
+        here = lines[mark.line] if mark and mark.line < len(lines) else ""
+        if exc.context and "flow" in exc.context and "[" in here:
             hint = "inside { } a port type must be quoted: {x: 'Image[B, 3, H, W]'}, or use one key per line"
         raise SpecError(Diagnostic(f"YAML syntax error: {problem}", span, hint=hint, notes=notes)) from None
     if root is None:

@@ -148,3 +148,30 @@ def test_gradients_reach_every_parameter(contract: Contract, obj: Any) -> None:
         assert param.grad is not None and torch.isfinite(param.grad).all(), f"{contract.name}: no gradient for {name}"
     for x in inputs:
         assert not x.requires_grad or x.grad is not None
+
+
+# torchvision's own trunks export fine; one ResNet and one MobileNet stand for the rest to keep the suite fast.
+EXPORT_COVERED_BY_SIBLING = {"resnet34", "resnet50", "mobilenet_v3_large"}
+
+
+def tensor_only(contract: Contract) -> bool:
+    return all(KINDS[parse_port_type(p.type).kind].tensor for p in (*contract.inputs, *contract.outputs))
+
+
+@pytest.mark.parametrize(
+    ("contract", "obj"),
+    [
+        pytest.param(c, o, id=c.name)
+        for c, o in shipped_modules()
+        if tensor_only(c) and c.name in EXAMPLE_SIZES and c.name not in EXPORT_COVERED_BY_SIBLING
+    ],
+)
+def test_tensor_only_blocks_export(contract: Contract, obj: Any) -> None:
+    torch.manual_seed(0)
+    module, env = build(contract, obj, symbol_env(EXAMPLE_SIZES[contract.name][0]))
+    inputs = tuple(example_inputs(contract, env))
+    program = torch.export.export(module.eval(), inputs)
+    exported, eager = program.module()(*inputs), module(*inputs)
+    for port in contract.outputs:
+        got, want = outputs_by_port(contract, exported)[port.name], outputs_by_port(contract, eager)[port.name]
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
