@@ -68,6 +68,8 @@ def input_shapes(sg: SpecGraph) -> None:
             continue  # fmt: skip
         try:
             data["shapes"] = {INPUT_PORT: evaluate_dims(port_type.dims, env)}
+            if any(d.value <= 0 for d in data["shapes"][INPUT_PORT]):
+                raise ShapeError("every dim must be positive")
         except ShapeError as exc:
             sg.error(f"input '{name}': {exc}", _inside(smap.value("inputs", name), text, exc), node=name)
 
@@ -126,6 +128,11 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             continue
         try:
             shapes[port.name] = evaluate_dims(port.parsed.dims, env_all)
+            empty = [(i, d) for i, d in enumerate(shapes[port.name]) if d.value <= 0]
+            if empty:
+                i, d = empty[0]
+                what = f"dim {i}" if d.is_const else f"dim {i} ({d.text})"
+                raise ShapeError(f"{what} would be {d.value}: the input is too small")
         except ShapeError as exc:
             sg.error(
                 f"'{name}' ({contract.name}) cannot produce its output '{port.name}' ({port.type}): {exc}",

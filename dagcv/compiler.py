@@ -41,7 +41,8 @@ def check_spec(spec: Spec, reg: Registry | None = None) -> graph.SpecGraph:
     """Run every static pass; raises :class:`SpecError` holding all independent problems found."""
     sg = analyze(spec, reg)
     if sg.diagnostics:
-        raise SpecError(sg.diagnostics, {spec.source.file: spec.source.text})
+        located = sorted(sg.diagnostics, key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))
+        raise SpecError(located, {spec.source.file: spec.source.text})
     return sg
 
 
@@ -72,7 +73,11 @@ def compile_spec(spec: Spec, reg: Registry | None = None) -> Compiled:
     from dagcv.build import build
     from dagcv.lower import lower
 
-    built = build(check_spec(spec, reg))
+    try:
+        built = build(check_spec(spec, reg))
+    except SpecError as exc:
+        exc.sources.setdefault(spec.source.file, spec.source.text)
+        raise
     return Compiled(built, lower(built))
 
 

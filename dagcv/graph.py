@@ -83,7 +83,8 @@ class SpecGraph:
         data = self.g.nodes[node]
         if data["kind"] == "input":
             return data.get("type")
-        decl = data["contract"].output(port)
+        contract = data.get("contract")
+        decl = contract.output(port) if contract else None
         return decl.parsed if decl else None
 
     def in_edges(self, node: str) -> list[tuple[str, dict]]:
@@ -139,7 +140,7 @@ def resolve_blocks(sg: SpecGraph) -> None:
             sg.error(f"block '{name}' has the same name as an input", span, node=name,
                      notes=[(sg.node(name)["span"], "the input is declared here")])  # fmt: skip
             continue
-        sg.g.add_node(name, kind="block", span=span, decl=decl)
+        sg.g.add_node(name, kind="block", span=span, decl=decl, mode=decl.mode or "both")
         check_name(sg, name, span, "block")
         contract = sg.registry.get(decl.type)
         if contract is None:

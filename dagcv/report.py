@@ -16,7 +16,7 @@ def _flow(value: Any) -> str:
     """One YAML scalar or flow collection, as it would be written by hand."""
     if isinstance(value, tuple):
         value = list(value)
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False, allow_unicode=True).strip()
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
@@ -32,7 +32,7 @@ def resolved_spec(built: BuiltGraph) -> str:
     ]
     if spec.description:
         lines.append(f"description: {_flow(spec.description)}")
-    lines.append("inputs:")
+    lines.append("inputs:" if spec.inputs else "inputs: {}")
     lines += [f"  {name}: {_flow(text)}  # {_shape(built, name, INPUT_PORT)}" for name, text in spec.inputs.items()]
     lines.append(f"sizes: {_flow(sizes)}")
     lines.append("blocks:")
@@ -60,7 +60,7 @@ def resolved_spec(built: BuiltGraph) -> str:
     for section in ("data", "train"):
         value = getattr(spec, section)
         if value is not None:
-            lines.append(yaml.safe_dump({section: value}, sort_keys=False).rstrip())
+            lines.append(yaml.safe_dump({section: value}, sort_keys=False, allow_unicode=True).rstrip())
     return "\n".join(lines) + "\n"
 
 

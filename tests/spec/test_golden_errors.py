@@ -42,7 +42,7 @@ def test_check_reports_independent_errors_together(at_root) -> None:
     with pytest.raises(SpecError) as info:
         check_file("tests/golden/errors/several_errors.yaml")
     found = [(d.span.line, d.span.col, d.node) for d in info.value.diagnostics]
-    assert found == [(7, 20, "features"), (8, 56, "classifier"), (10, 25, "head"), (9, 44, "loss"), (9, 59, "loss")]
+    assert found == [(7, 20, "features"), (8, 56, "classifier"), (9, 44, "loss"), (9, 59, "loss"), (10, 25, "head")]
 
 
 def test_cli_exit_code_and_json(at_root) -> None:
