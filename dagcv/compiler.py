@@ -13,6 +13,7 @@ from dagcv import check, graph
 from dagcv.errors import SpecError
 from dagcv.registry import Registry, registry
 from dagcv.spec import Spec, load_spec
+from dagcv.train.plan import check_training
 
 Pass = Callable[[graph.SpecGraph], None]
 
@@ -26,6 +27,7 @@ STATIC_PASSES: list[Pass] = [
     check.check_kinds,
     check.input_shapes,
     check.infer_shapes,
+    check_training,
 ]
 
 
@@ -42,7 +44,7 @@ def check_spec(spec: Spec, reg: Registry | None = None) -> graph.SpecGraph:
     sg = analyze(spec, reg)
     if sg.diagnostics:
         located = sorted(sg.diagnostics, key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))
-        raise SpecError(located, {spec.source.file: spec.source.text})
+        raise SpecError(located, {spec.source.file: spec.source.text, **spec._overrides})
     return sg
 
 

@@ -107,6 +107,10 @@ class SpecError(Exception):
         """A single-diagnostic error."""
         return cls(Diagnostic(message, span, **extra))
 
+    def with_sources(self, sources: dict[str, str]) -> SpecError:
+        self.sources.update(sources)
+        return self
+
     def format(self) -> str:
         return "\n\n".join(d.format(self.sources) for d in self.diagnostics)
 

@@ -157,20 +157,24 @@ def resolve_blocks(sg: SpecGraph) -> None:
         data["params"] = validate_params(sg, name, contract, decl.params)
 
 
-def validate_params(sg: SpecGraph, node: str, contract: Contract, params: dict[str, Any]) -> dict[str, Any]:
+def validate_params(
+    sg: SpecGraph, node: str, contract: Contract, params: dict[str, Any], path: tuple | None = None
+) -> dict[str, Any]:
+    """Validate a block's parameters; ``path`` locates them in the spec (default: the node's entry)."""
     smap = sg.spec.source
+    path = path or ("blocks", node)
     allowed = [p.name for p in contract.params]
     for key in params:
         if key not in allowed:
             hint = did_you_mean(key, allowed) or (f"{contract.name} takes: {', '.join(allowed)}" if allowed else
                                                   f"{contract.name} takes no parameters")  # fmt: skip
-            sg.error(f"unknown parameter '{key}' for block type '{contract.name}'", smap.key("blocks", node, key),
+            sg.error(f"unknown parameter '{key}' for block type '{contract.name}'", smap.key(*path, key),
                      node=node, hint=hint)  # fmt: skip
     try:
         model = params_model(contract)
         return model.model_validate({k: v for k, v in params.items() if k in allowed}).model_dump()
     except ValidationError as exc:
-        for d in validation_diagnostics(exc, smap, None, ("blocks", node), node=node):
+        for d in validation_diagnostics(exc, smap, None, path, node=node):
             if d.message.startswith("missing required key"):
                 param = d.message.split("'")[1]
                 d.message = f"block '{node}' ({contract.name}) needs parameter '{param}'"

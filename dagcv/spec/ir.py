@@ -46,6 +46,7 @@ class Spec(BaseModel):
     train: dict[str, Any] | None = Field(default=None, description="the training loop (used by `dagcv train`)")
 
     _source: SourceMap | None = PrivateAttr(default=None)
+    _overrides: dict[str, str] = PrivateAttr(default_factory=dict)  # --set texts by pseudo file, for excerpts
 
     @property
     def source(self) -> SourceMap:

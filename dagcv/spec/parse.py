@@ -15,8 +15,8 @@ from dagcv.spec.yaml_loader import load_yaml
 _BLOCK_KEYS = ("type", "in", "mode")
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file; raises :class:`SpecError` with every problem found."""
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read and validate a spec file (with ``--set`` overrides applied); raises :class:`SpecError`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -24,11 +24,12 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError.at(None, f"no such spec file: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError.at(None, f"cannot read {path}: {exc}") from None
-    return parse_spec_text(text, str(path))
+    return parse_spec_text(text, str(path), overrides)
 
 
-def parse_spec_text(text: str, file: str) -> Spec:
+def parse_spec_text(text: str, file: str, overrides: list[str] | None = None) -> Spec:
     """Parse spec source ``text``; ``file`` names it in diagnostics (``.dagcv`` selects the DSL)."""
+    extra: dict[str, str] = {}
     try:
         if file.endswith(".dagcv"):
             from dagcv.spec.dsl import load_dsl
@@ -36,9 +37,18 @@ def parse_spec_text(text: str, file: str) -> Spec:
             data, smap = load_dsl(text, file)
         else:
             data, smap = load_yaml(text, file)
-        return spec_from_data(data, smap)
+        if overrides:
+            from dagcv.spec.overrides import apply_overrides
+
+            if not isinstance(data, dict):
+                raise SpecError.at(smap.value(), "a spec must be a mapping at the top level")
+            extra = apply_overrides(data, smap, overrides)
+        spec = spec_from_data(data, smap)
+        spec._overrides = extra
+        return spec
     except SpecError as exc:
         exc.sources.setdefault(file, text)
+        exc.sources.update(extra)
         raise
 
 

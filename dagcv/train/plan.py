@@ -1,0 +1,204 @@
+"""Static checks of the ``data:`` and ``train:`` sections against the graph (part of ``dagcv check``; no torch).
+
+Names are checked where they point: dataset blocks exist and belong to the ``data`` family, their outputs
+feed every run-time spec input with a compatible kind, optimizers name real blocks and real Loss outputs,
+metrics name real outputs and inputs, splits exist. The validated sections land on the graph as
+``sg.training`` (a :class:`TrainingPlan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from dagcv.errors import did_you_mean
+from dagcv.graph import SpecGraph, validate_params
+from dagcv.spec.parse import validation_diagnostics
+from dagcv.train.config import LOOPS, PLANNED_LOOPS, DataConfig, SplitConfig, TrainConfig
+from dagcv.types import KINDS, is_subkind
+
+# torchvision.transforms.v2 classes a spec may name (spec name → class name); checked against torchvision in tests.
+TRANSFORMS = {
+    "normalize": "Normalize",
+    "resize": "Resize",
+    "center_crop": "CenterCrop",
+    "random_crop": "RandomCrop",
+    "random_resized_crop": "RandomResizedCrop",
+    "random_horizontal_flip": "RandomHorizontalFlip",
+    "random_vertical_flip": "RandomVerticalFlip",
+    "random_rotation": "RandomRotation",
+    "random_affine": "RandomAffine",
+    "color_jitter": "ColorJitter",
+    "gaussian_blur": "GaussianBlur",
+    "random_erasing": "RandomErasing",
+    "pad": "Pad",
+    "grayscale": "Grayscale",
+}
+
+
+@dataclass
+class TrainingPlan:
+    data: dict[str, SplitConfig]
+    train: TrainConfig | None
+    fields: dict[str, dict[str, int]]  # split → spec input → index of the sample field feeding it
+    loss_outputs: list[str]  # spec outputs of kind Loss
+
+
+def _validate(sg: SpecGraph, model: type[BaseModel], value: Any, prefix: tuple) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        for d in validation_diagnostics(exc, sg.spec.source, model, prefix):
+            d.message = f"{'.'.join(map(str, prefix))}: {d.message}"
+            sg.diagnostics.append(d)
+        return None
+
+
+def check_training(sg: SpecGraph) -> None:
+    spec = sg.spec
+    if spec.data is None and spec.train is None:
+        return
+    data_cfg = _validate(sg, DataConfig, spec.data or {}, ("data",))
+    train_cfg = _validate(sg, TrainConfig, spec.train, ("train",)) if spec.train is not None else None
+    splits: dict[str, SplitConfig] = data_cfg.root if data_cfg else {}
+    fields = {name: f for name, split in splits.items() if (f := _check_split(sg, name, split)) is not None}
+    losses = [o for o, (n, p) in sg.outputs.items() if _kind(sg, n, p) == "Loss"]
+    if train_cfg is not None:
+        _check_train(sg, train_cfg, splits, losses)
+    sg.training = TrainingPlan(splits, train_cfg, fields, losses)  # type: ignore[attr-defined]
+
+
+def _kind(sg: SpecGraph, node: str, port: str) -> str | None:
+    t = sg.out_type(node, port)
+    return t.kind if t else None
+
+
+def _check_split(sg: SpecGraph, name: str, split: SplitConfig) -> dict[str, int] | None:
+    smap = sg.spec.source
+    where = ("data", name, "dataset")
+    block = split.dataset.get("type")
+    contract = sg.registry.get(block) if isinstance(block, str) else None
+    if contract is None or contract.family != "data":
+        data_blocks = [n for n in sg.registry.names() if sg.registry.contracts[n].family == "data"]
+        sg.error(
+            f"data.{name}: unknown dataset block {block!r}",
+            smap.value(*where, "type"),
+            hint=did_you_mean(str(block), data_blocks) or f"dataset blocks: {', '.join(data_blocks)}",
+        )
+        return None
+    params = {k: v for k, v in split.dataset.items() if k != "type"}
+    sg.g.add_node(f"data.{name}", kind="dataset", span=smap.key(*where), mode="both")  # for validate_params' errors
+    validate_params(sg, f"data.{name}", contract, params, path=where)
+    sg.g.remove_node(f"data.{name}")
+    for i, t in enumerate(split.transforms):
+        kind = t.get("type")
+        if kind not in TRANSFORMS:
+            sg.error(
+                f"data.{name}: unknown transform {kind!r}",
+                smap.value("data", name, "transforms", i, "type"),
+                hint=did_you_mean(str(kind), TRANSFORMS) or f"transforms: {', '.join(TRANSFORMS)}",
+            )
+    outputs = [p.name for p in contract.outputs]
+    wanted = [n for n in sg.spec.inputs if KINDS[sg.node(n)["type"].kind].tensor] if _inputs_ok(sg) else []
+    mapping: dict[str, int] = {}
+    for i, inp in enumerate(wanted):
+        src = (split.fields or {}).get(inp) or (inp if inp in outputs else (outputs[i] if i < len(outputs) else None))
+        if src not in outputs:
+            span = (
+                smap.value("data", name, "fields", inp)
+                if split.fields and inp in split.fields
+                else smap.key("data", name)
+            )
+            sg.error(
+                f"data.{name}: no dataset field feeds spec input '{inp}'",
+                span,
+                hint=f"'{block}' yields {', '.join(outputs)}; map them with `fields: {{{inp}: <field>}}`",
+            )
+            continue
+        have, need = contract.output(src).parsed.kind, sg.node(inp)["type"].kind
+        if not is_subkind(have, need):
+            sg.error(
+                f"data.{name}: field '{src}' of '{block}' is {have} but spec input '{inp}' is {need}",
+                smap.key("data", name),
+                hint=f"map another field with `fields: {{{inp}: ...}}`",
+            )
+            continue
+        mapping[inp] = outputs.index(src)
+    return mapping
+
+
+def _inputs_ok(sg: SpecGraph) -> bool:
+    return all(sg.node(n).get("type") is not None for n in sg.spec.inputs)
+
+
+def _check_train(sg: SpecGraph, cfg: TrainConfig, splits: dict, losses: list[str]) -> None:
+    smap = sg.spec.source
+    if cfg.loop not in LOOPS:
+        planned = cfg.loop in PLANNED_LOOPS
+        sg.error(
+            f"train.loop: '{cfg.loop}' is {'planned but not implemented yet' if planned else 'unknown'}",
+            smap.value("train", "loop"),
+            hint=did_you_mean(cfg.loop, LOOPS) or f"loops: {', '.join(LOOPS)}",
+        )
+    for key in ("train_split", "eval_split"):
+        split = getattr(cfg, key)
+        explicit = key in (sg.spec.train or {})
+        if split is not None and split not in splits and (key == "train_split" or explicit or cfg.metrics):
+            sg.error(
+                f"train.{key}: no split '{split}' in data",
+                smap.value("train", key),
+                hint=did_you_mean(split, splits) or f"data splits: {', '.join(splits) or 'none'}",
+            )
+    if not losses:
+        sg.error(
+            "train: the spec has no output of kind Loss to minimise",
+            smap.key("train"),
+            hint="add the loss node to `outputs:`",
+        )
+    for name in cfg.losses or {}:
+        if name not in losses:
+            sg.error(
+                f"train.losses: '{name}' is not a Loss output",
+                smap.key("train", "losses", name),
+                hint=did_you_mean(name, losses) or f"Loss outputs: {', '.join(losses)}",
+            )
+    blocks = set(sg.blocks())
+    for i, opt in enumerate(cfg.optimizers):
+        base = ("train", "optimizer", i) if isinstance(cfg.optimizer, list) else ("train", "optimizer")
+        for j, b in enumerate(opt.blocks or []):
+            if b not in blocks:
+                sg.error(
+                    f"train.optimizer: unknown block '{b}'",
+                    smap.value(*base, "blocks", j),
+                    hint=did_you_mean(b, blocks),
+                )
+        for j, loss in enumerate(opt.losses or []):
+            if loss not in losses:
+                sg.error(
+                    f"train.optimizer: '{loss}' is not a Loss output",
+                    smap.value(*base, "losses", j),
+                    hint=did_you_mean(loss, losses),
+                )
+    for i, m in enumerate(cfg.metrics):
+        if m.output not in sg.outputs:
+            sg.error(
+                f"train.metrics: unknown output '{m.output}'",
+                smap.value("train", "metrics", i, "output"),
+                hint=did_you_mean(m.output, sg.outputs),
+            )
+        if m.target not in sg.spec.inputs:
+            sg.error(
+                f"train.metrics: unknown input '{m.target}'",
+                smap.value("train", "metrics", i, "target"),
+                hint=did_you_mean(m.target, sg.spec.inputs),
+            )
+    if cfg.early_stopping is not None:
+        names = [f"{cfg.eval_split}/{m.key}" for m in cfg.metrics]
+        if cfg.early_stopping.metric not in names:
+            sg.error(
+                f"train.early_stopping: no metric '{cfg.early_stopping.metric}'",
+                smap.value("train", "early_stopping", "metric"),
+                hint=did_you_mean(cfg.early_stopping.metric, names) or f"metrics: {', '.join(names) or 'none'}",
+            )
