@@ -129,6 +129,87 @@ def _print_summary(result) -> None:
 
 
 @main.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Override a spec value, e.g. --set train.optimizer.lr=0.01 (repeatable).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Continue the run in this run directory from its last checkpoint.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the run here (default: runs/<name>/<timestamp>/).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
+@click.option("--json", "json_lines", is_flag=True, help="Print one JSON record per epoch (for scripts).")
+@click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (when installed).")
+def train(
+    spec: Path | None,
+    overrides: tuple[str, ...],
+    resume: Path | None,
+    run_dir: Path | None,
+    quiet: bool,
+    json_lines: bool,
+    tensorboard: bool,
+) -> None:
+    """Train SPEC with its data: and train: sections, or --resume a run."""
+    from dagcv.spec import load_spec
+    from dagcv.train.runner import Options, TrainingDiverged, resume_run, train_spec
+
+    options = Options(run_dir=run_dir, quiet=quiet, json_lines=json_lines, tensorboard=tensorboard)
+    try:
+        if resume is not None:
+            if spec is not None or overrides:
+                raise click.UsageError("--resume takes the spec and overrides from the run directory")
+            result = resume_run(resume, options)
+        else:
+            if spec is None:
+                raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+            result = train_spec(load_spec(spec, list(overrides)), options)
+    except TrainingDiverged as exc:
+        click.echo(f"dagcv: training stopped: {exc}", err=True)
+        sys.exit(3)
+    if not quiet and not json_lines:
+        from dagcv.train.progress import print_metrics
+
+        if result.history:
+            print_metrics(result.final, title="final")
+        click.echo(f"run: {result.run_dir}  (metrics.jsonl, metrics.csv, checkpoints/, plots/)")
+
+
+@main.command(name="eval")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--ckpt",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A checkpoint (checkpoints/last.pt) or a bare state_dict.",
+)
+@click.option("--split", help="The data split to evaluate (default: train.eval_split).")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a spec value.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_cmd(spec: Path, ckpt: Path, split: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Evaluate a checkpoint on a split of SPEC's data and print its metrics."""
+    from dagcv.spec import load_spec
+    from dagcv.train.runner import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(load_spec(spec, list(overrides)), ckpt, split)
+    if as_json:
+        click.echo(json.dumps(metrics))
+    else:
+        from dagcv.train.progress import print_metrics
+
+        print_metrics(metrics, title=f"{spec} @ {ckpt}")
+
+
+@main.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print contracts as JSON.")
 def blocks(name: str | None, as_json: bool) -> None:

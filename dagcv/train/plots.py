@@ -1,0 +1,52 @@
+"""PNG curves of a run, drawn from its metrics.jsonl: training losses per step, evaluation metrics per epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_plots(run_dir: Path, title: str) -> list[Path]:
+    """``plots/loss.png`` (training losses by step) and ``plots/metrics.png`` (evaluation metrics by epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for name, rows, x, prefix in [("loss", steps, "step", "train/"), ("metrics", epochs, "epoch", "")]:
+        keys = sorted(
+            {
+                k
+                for r in rows
+                for k, v in r.items()
+                if k.startswith(prefix)
+                and isinstance(v, int | float)
+                and k not in ("step", "epoch", "lr", "samples_per_s")
+                and not k.startswith("train/" if not prefix else "~")
+            }
+        )
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in keys:
+            points = [(r[x], r[key]) for r in rows if key in r]
+            ax.plot(*zip(*points, strict=True), label=key, marker="o" if x == "epoch" else None)
+        ax.set_xlabel(x)
+        ax.set_title(f"{title}: {name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        target = out_dir / f"{name}.png"
+        fig.savefig(target, dpi=100)
+        plt.close(fig)
+        written.append(target)
+    return written
