@@ -85,7 +85,12 @@ def compile_cmd(spec: Path, out_dir: Path | None, quiet: bool) -> None:
 
     result = compile_file(spec)
     target = out_dir or Path("build") / result.built.sg.spec.name
-    files = result.files(source_name=str(spec))
+    files: dict[str, str | bytes] = dict(result.files(source_name=str(spec)))
+    svg = result.graph_svg()
+    if svg is None:
+        click.echo("dagcv: warning: Graphviz's `dot` is not installed; graph.svg not written", err=True)
+    else:
+        files["graph.svg"] = svg
     write_atomically(target, files)
     if not quiet:
         _print_summary(result)
@@ -235,6 +240,40 @@ def blocks(name: str | None, as_json: bool) -> None:
         click.echo(json.dumps(contract.to_json(), indent=1))
         return
     click.echo(_describe(contract))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file: .svg, .png, .pdf or .dot (default: <name>.svg beside the spec).",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(0, 10),
+    default=0,
+    show_default=True,
+    help="Expand blocks into their inner torch modules, N levels deep.",
+)
+@click.option("--shapes/--no-shapes", default=True, show_default=True, help="Label edges with shapes.")
+@click.option("--rankdir", type=click.Choice(["LR", "TB"]), help="Layout direction (default: LR; TB with --depth).")
+def render(spec: Path, output: Path | None, depth: int, shapes: bool, rankdir: str | None) -> None:
+    """Draw SPEC's block graph with Graphviz; an invalid spec is drawn with its errors in red (exit 2)."""
+    from dagcv.render import RenderError, render_file
+
+    target = output or spec.with_suffix(".svg")
+    if target.suffix.lower() not in (".svg", ".png", ".pdf", ".dot", ".gv"):
+        raise click.BadParameter(f"unknown format '{target.suffix}': use .svg, .png, .pdf or .dot", param_hint="-o")
+    try:
+        sg = render_file(spec, target, depth=depth, shapes=shapes, rankdir=rankdir)
+    except RenderError as exc:
+        click.echo(f"dagcv: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {target}")
+    if sg.diagnostics:
+        raise SpecError(sg.diagnostics, {sg.source_file: sg.spec.source.text})
 
 
 @main.command()

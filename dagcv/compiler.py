@@ -69,6 +69,15 @@ class Compiled:
         return {"spec.resolved.yaml": resolved_spec(self.built), "model.py": model_py,
                 "summary.md": summary_markdown(self.built)}  # fmt: skip
 
+    def graph_svg(self) -> bytes | None:
+        """The rendered graph (None when Graphviz's `dot` is not installed)."""
+        from dagcv.render import RenderError, render_bytes, render_spec
+
+        try:
+            return render_bytes(render_spec(self.built.sg), "svg")
+        except RenderError:
+            return None
+
 
 def compile_spec(spec: Spec, reg: Registry | None = None) -> Compiled:
     """Check, build and lower a spec (imports torch and the blocks it uses)."""

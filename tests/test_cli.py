@@ -33,7 +33,8 @@ def test_compile_writes_resolved_spec_model_and_summary(tmp_path) -> None:
     out = tmp_path / "out"
     run = dagcv("compile", "specs/lenet_mnist.yaml", "-o", str(out))
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.py", "spec.resolved.yaml", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["graph.svg", "model.py", "spec.resolved.yaml", "summary.md"]
+    assert "<svg" in (out / "graph.svg").read_text() and "classifier" in (out / "graph.svg").read_text()
     assert "classifier" in run.stdout and "44,426" in run.stdout  # the printed table, with the total
     resolved = (out / "spec.resolved.yaml").read_text()
     assert "in_features: 256  # inferred: prod(F)" in resolved and "dropout: 0.0" in resolved

@@ -356,9 +356,9 @@ class Trainer:
             if self.step >= self.total_steps:
                 break  # a `steps:` budget that ends inside this epoch
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            losses = self.loop.step(batch, self.step + 1)  # raises before touching the counters on a NaN
             self.step += 1
             self.batch_in_epoch += 1
-            losses = self.loop.step(batch, self.step)
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v
             count += 1
