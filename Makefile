@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint format manifest graphviz bench clean
+.PHONY: setup demo test lint format manifest images graphviz bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,16 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Regenerate blocks/manifest.json after editing a block's contract (a test fails while it is stale).
+# Regenerate blocks/manifest.json and the JSON Schema after editing a block (tests fail while they are stale).
 manifest: setup
 	$(PY) -m dagcv.registry
+	$(VENV)/bin/dagcv schema -o docs/dagcv.schema.json
+
+# The pictures in the README, drawn from the shipped specs.
+images: setup
+	$(VENV)/bin/dagcv render specs/lenet_mnist.yaml -o docs/img/lenet_mnist.svg
+	$(VENV)/bin/dagcv render specs/vqvae_mnist.yaml -o docs/img/vqvae_mnist.svg
+	$(VENV)/bin/dagcv render specs/resnet18_classifier.yaml --depth 1 -o docs/img/resnet18_classifier_depth1.svg
 
 bench: setup
 	$(PY) tools/bench_overhead.py

@@ -76,8 +76,13 @@ def check(ctx: click.Context, specs: tuple[Path, ...], as_json: bool) -> None:
 
 @main.command(name="compile")
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: build/<name>/).")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: build/<name>/).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the summary table.")
 def compile_cmd(spec: Path, out_dir: Path | None, quiet: bool) -> None:
     """Check, build and lower SPEC; write the resolved spec, model.py and summary.md."""
@@ -124,8 +129,13 @@ def _print_summary(result) -> None:
 
     rows = summary_rows(result.built)
     table = Table(title=f"{result.built.sg.spec.name}", title_justify="left")
-    for col, justify in [("node", "left"), ("block", "left"), ("mode", "left"), ("output", "left"),
-                         ("params", "right")]:  # fmt: skip
+    for col, justify in [
+        ("node", "left"),
+        ("block", "left"),
+        ("mode", "left"),
+        ("output", "left"),
+        ("params", "right"),
+    ]:
         table.add_column(col, justify=justify)
     for r in rows:
         table.add_row(r["node"], r["block"], r["mode"], r["output"], f"{r['params']:,}")
@@ -234,8 +244,11 @@ def blocks(name: str | None, as_json: bool) -> None:
         return
     contract = reg.get(name)
     if contract is None:
-        raise SpecError.at(None, f"unknown block type '{name}'",
-                           hint=did_you_mean(name, reg.names()) or "`dagcv blocks` lists every block")  # fmt: skip
+        raise SpecError.at(
+            None,
+            f"unknown block type '{name}'",
+            hint=did_you_mean(name, reg.names()) or "`dagcv blocks` lists every block",
+        )
     if as_json:
         click.echo(json.dumps(contract.to_json(), indent=1))
         return
@@ -277,6 +290,55 @@ def render(spec: Path, output: Path | None, depth: int, shapes: bool, rankdir: s
 
 
 @main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--to", "syntax", type=click.Choice(["yaml", "dsl"]), help="Convert to this syntax (default: keep the file's own)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here ('-' for stdout; default: the file itself, or its twin with the new extension).",
+)
+@click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if a file is not formatted.")
+def fmt(specs: tuple[Path, ...], syntax: str | None, output: Path | None, check_only: bool) -> None:
+    """Format SPECS canonically (comments kept), or convert between YAML and the DSL."""
+    from dagcv.spec import load_spec
+    from dagcv.spec.printer import to_dsl, to_yaml
+
+    if output is not None and len(specs) > 1:
+        raise click.UsageError("-o takes one spec")
+    unformatted = []
+    for spec_path in specs:
+        spec = load_spec(spec_path)
+        source_syntax = "dsl" if spec_path.suffix == ".dagcv" else "yaml"
+        target_syntax = syntax or (
+            ("dsl" if output.suffix == ".dagcv" else "yaml") if output and str(output) != "-" else source_syntax
+        )
+        try:
+            text = to_dsl(spec) if target_syntax == "dsl" else to_yaml(spec)
+        except ValueError as exc:
+            raise SpecError.at(spec.source.key(), f"cannot write {spec_path} as {target_syntax}: {exc}") from None
+        target = output or (
+            spec_path
+            if target_syntax == source_syntax
+            else spec_path.with_suffix(".dagcv" if target_syntax == "dsl" else ".yaml")
+        )
+        if check_only:
+            current = target.read_text(encoding="utf-8") if str(target) != "-" and target.exists() else None
+            if current != text:
+                unformatted.append(str(target))
+                click.echo(f"would reformat {target}", err=True)
+        elif str(target) == "-":
+            click.echo(text, nl=False)
+        else:
+            write_file_atomically(target, text)
+            click.echo(f"wrote {target}")
+    if unformatted:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
 def schema(output: Path | None) -> None:
     """Print (or write) the JSON Schema of spec files, for editor completion and validation."""
@@ -302,8 +364,16 @@ def write_file_atomically(path: Path, text: str) -> None:
 
 
 def _describe(c) -> str:
-    lines = [f"{c.name}  ({c.family})", f"  {c.doc}", "", f"  class: {c.target.replace(':', '.')}",
-             f"  file:  {c.file}:{c.line}", f"  mode:  {c.default_mode} (default)", "", "  inputs:"]  # fmt: skip
+    lines = [
+        f"{c.name}  ({c.family})",
+        f"  {c.doc}",
+        "",
+        f"  class: {c.target.replace(':', '.')}",
+        f"  file:  {c.file}:{c.line}",
+        f"  mode:  {c.default_mode} (default)",
+        "",
+        "  inputs:",
+    ]
     lines += [f"    {p.name}: {p.type}" for p in c.inputs] or ["    (none)"]
     lines += ["", "  outputs:"] + [f"    {p.name}: {p.type}" for p in c.outputs]
     lines += ["", "  parameters:"]
