@@ -100,7 +100,9 @@ class MetricConfig(BaseModel):
     output: str = Field(description="a spec output, e.g. logits")
     target: str = Field(description="a spec input, e.g. label")
     top_k: int = Field(default=1, gt=0)
-    average: Literal["micro", "macro", "weighted"] = "macro"
+    average: Literal["micro", "macro", "weighted"] | None = Field(
+        default=None, description="default: micro for accuracy (the fraction correct), macro for f1/precision/recall"
+    )
     name: str | None = Field(default=None, description="the logged name (default: the type, with top_k)")
 
     @property

@@ -119,7 +119,10 @@ class SupervisedLoop:
             with torch.autocast("cuda", enabled=self.amp):
                 out = self.model(**batch)
             parts = {name: out[name] for name in group.losses}
-            total = sum(w * parts[name] for name, w in group.losses.items())
+            if len(parts) == 1 and next(iter(group.losses.values())) == 1.0:
+                total = next(iter(parts.values()))  # no extra autograd ops for the common case
+            else:
+                total = sum(w * parts[name] for name, w in group.losses.items())
             if not torch.isfinite(total):
                 raise NonFiniteLoss({k: float(v) for k, v in parts.items()}, step)
             if self.scaler is not None:

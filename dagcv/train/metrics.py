@@ -18,12 +18,10 @@ def make_metric(cfg: MetricConfig, sg: SpecGraph) -> Any:
     num_classes = dims[-1].value if len(dims) >= 2 else None
     classes = {"task": "multiclass", "num_classes": num_classes}
     if cfg.type == "accuracy":
-        return torchmetrics.Accuracy(
-            **classes, top_k=cfg.top_k, average="micro" if cfg.average == "micro" else cfg.average
-        )
+        return torchmetrics.Accuracy(**classes, top_k=cfg.top_k, average=cfg.average or "micro")
     if cfg.type in ("f1", "precision", "recall"):
         kind = {"f1": torchmetrics.F1Score, "precision": torchmetrics.Precision, "recall": torchmetrics.Recall}
-        return kind[cfg.type](**classes, top_k=cfg.top_k, average=cfg.average)
+        return kind[cfg.type](**classes, top_k=cfg.top_k, average=cfg.average or "macro")
     if cfg.type == "confusion_matrix":
         return torchmetrics.ConfusionMatrix(**classes)
     return torchmetrics.MeanSquaredError() if cfg.type == "mse" else torchmetrics.MeanAbsoluteError()

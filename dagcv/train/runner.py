@@ -352,10 +352,12 @@ class Trainer:
         count, tick, seen = 0, time.perf_counter(), 0
         every, ckpt_every = self.cfg.log_every, self.cfg.checkpoint_every
         progress.start_epoch(self.epoch, self.epochs)
+        on_device = self.device.type != "cpu"
         for batch in self.train_loader.epoch(self.epoch, self.batch_in_epoch):
             if self.step >= self.total_steps:
                 break  # a `steps:` budget that ends inside this epoch
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            if on_device:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             losses = self.loop.step(batch, self.step + 1)  # raises before touching the counters on a NaN
             self.step += 1
             self.batch_in_epoch += 1
