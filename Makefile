@@ -27,7 +27,7 @@ setup: $(STAMP) graphviz
 demo: setup
 	$(VENV)/bin/dagcv check specs/*.yaml
 	$(VENV)/bin/dagcv compile specs/lenet_mnist.yaml -o build/lenet_mnist
-	$(VENV)/bin/dagcv train specs/mlp_digits.yaml --run-dir build/runs/mlp_digits
+	$(VENV)/bin/dagcv train specs/mlp_digits.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check .

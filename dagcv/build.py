@@ -131,12 +131,14 @@ def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict) -> None:
             values[(name, port)] = torch.empty(shape, dtype=dtype, device="meta")
         return
     module = built.objects[name]
-    try:
-        with torch.no_grad():
-            out = _meta_call(module, args)
-    except Exception:
-        with torch.no_grad():
+    with torch.no_grad():
+        if _is_small(module, args):
             out = module(*[_realize(a) for a in args])
+        else:
+            try:
+                out = _meta_call(module, args)
+            except Exception:
+                out = module(*[_realize(a) for a in args])
     if len(ports) == 1:
         out = {ports[0]: out}
     elif not isinstance(out, dict) or set(out) != set(ports):

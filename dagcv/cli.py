@@ -44,8 +44,8 @@ class _Group(click.Group):
 def main() -> None:
     """dagcv: typed block graphs for deep learning, checked before anything runs.
 
-    Write a spec (YAML), then: `dagcv check` it, `dagcv compile` it to a plain PyTorch module, and list the
-    blocks you can use with `dagcv blocks`.
+    Write a spec (YAML, or the .dagcv DSL), then: `dagcv check` it, `dagcv render` it, `dagcv compile` it to a
+    plain PyTorch module, and `dagcv train` it. `dagcv blocks` lists the blocks you can use.
     """
 
 
@@ -85,7 +85,7 @@ def check(ctx: click.Context, specs: tuple[Path, ...], as_json: bool) -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the summary table.")
 def compile_cmd(spec: Path, out_dir: Path | None, quiet: bool) -> None:
-    """Check, build and lower SPEC; write the resolved spec, model.py and summary.md."""
+    """Check, build and lower SPEC; write the resolved spec, model.py, summary.md and graph.svg."""
     from dagcv.compiler import compile_file
 
     result = compile_file(spec)
@@ -187,13 +187,19 @@ def train(
         else:
             if spec is None:
                 raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+            if run_dir is not None and ((run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()):
+                raise click.UsageError(
+                    f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-dir"
+                )
             result = train_spec(load_spec(spec, list(overrides)), options)
     except TrainingDiverged as exc:
         click.echo(f"dagcv: training stopped: {exc}", err=True)
         sys.exit(3)
-    if not quiet and not json_lines:
+    if not quiet and not json_lines and result.main_process:
         from dagcv.train.progress import print_metrics
 
+        if result.stopped_early:
+            click.echo("stopped early: no improvement of the early-stopping metric (best weights: checkpoints/best.pt)")
         if result.history:
             print_metrics(result.final, title="final")
         click.echo(f"run: {result.run_dir}  (metrics.jsonl, metrics.csv, checkpoints/, plots/)")
@@ -261,7 +267,7 @@ def blocks(name: str | None, as_json: bool) -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file: .svg, .png, .pdf or .dot (default: <name>.svg beside the spec).",
+    help="Output file: .svg, .png, .pdf or .dot (default: the spec's path with .svg).",
 )
 @click.option(
     "--depth",

@@ -174,7 +174,7 @@ def validate_params(
         model = params_model(contract)
         return model.model_validate({k: v for k, v in params.items() if k in allowed}).model_dump()
     except ValidationError as exc:
-        for d in validation_diagnostics(exc, smap, None, path, node=node):
+        for d in validation_diagnostics(exc, smap, None, path, node=node, data=params):
             if d.message.startswith("missing required key"):
                 param = d.message.split("'")[1]
                 d.message = f"block '{node}' ({contract.name}) needs parameter '{param}'"

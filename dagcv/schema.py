@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, create_model
 from dagcv.graph import params_model
 from dagcv.registry import Contract, Registry, registry
 from dagcv.spec.ir import IDENTIFIER, Spec
+from dagcv.train.config import SplitConfig, TrainConfig
 
 SOURCE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
 SCHEMA_ID = "https://dagcv.dev/schema/spec-1.json"
@@ -53,6 +54,9 @@ def spec_schema(reg: Registry | None = None) -> dict[str, Any]:
     block = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007 - a runtime tuple of types
     fields = {name: (info.annotation, info) for name, info in Spec.model_fields.items()}
     fields["blocks"] = (dict[Annotated[str, Field(pattern=IDENTIFIER)], block], Spec.model_fields["blocks"])
+    # The training sections, with their own models (dataset entries stay open: their keys depend on the block).
+    fields["data"] = (dict[str, SplitConfig] | None, Spec.model_fields["data"])
+    fields["train"] = (TrainConfig | None, Spec.model_fields["train"])
     model = create_model("DagcvSpec", __config__=ConfigDict(extra="forbid", title="dagcv spec"), **fields)
     schema = TypeAdapter(model).json_schema(by_alias=True)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}

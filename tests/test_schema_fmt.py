@@ -94,3 +94,20 @@ def test_every_command_takes_the_dsl(tmp_path) -> None:
     broken.write_text("dagcv 1\nname bad\ninput image: Image[B, 1, 28, 28]\nfeatures = lenet_featurs <- image\n")
     result = dagcv("check", str(broken))
     assert result.returncode == 2 and f"{broken}:4:12: error: unknown block type 'lenet_featurs'" in result.stderr
+
+
+def test_schema_covers_the_training_sections(validator) -> None:
+    spec = yaml.safe_load((ROOT / "specs" / "lenet_mnist.yaml").read_text())
+    spec["train"]["optimizer"]["lrr"] = 0.1
+    assert any("lrr" in e.message for e in validator.iter_errors(spec))
+    spec = yaml.safe_load((ROOT / "specs" / "lenet_mnist.yaml").read_text())
+    spec["data"]["train"]["batchsize"] = 3
+    assert list(validator.iter_errors(spec))
+
+
+def test_transform_names_are_torchvision_v2_classes() -> None:
+    from torchvision.transforms import v2
+
+    from dagcv.train.plan import TRANSFORMS
+
+    assert all(isinstance(getattr(v2, cls, None), type) for cls in TRANSFORMS.values())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from dagcv.errors import Diagnostic, Span, SpecError, did_you_mean
-from dagcv.spec.ir import BlockDecl, Spec
+from dagcv.spec.ir import Spec
 from dagcv.spec.source import SourceMap
 from dagcv.spec.yaml_loader import load_yaml
 
@@ -62,7 +64,7 @@ def spec_from_data(data: Any, smap: SourceMap) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(validation_diagnostics(exc, smap, Spec)) from None
+        raise SpecError(validation_diagnostics(exc, smap, Spec, data=data)) from None
     spec._source = smap
     return spec
 
@@ -77,15 +79,25 @@ def _split_params(decl: Any) -> Any:
 
 
 def validation_diagnostics(
-    exc: ValidationError, smap: SourceMap, model: type[BaseModel] | None, prefix: tuple = (), node: str | None = None
+    exc: ValidationError,
+    smap: SourceMap,
+    model: type[BaseModel] | None,
+    prefix: tuple = (),
+    node: str | None = None,
+    data: Any = None,
 ) -> list[Diagnostic]:
     """One diagnostic per Pydantic error, located through the source map.
 
-    ``prefix`` is the data path of the validated object (block params validate at ``("blocks", name)``).
+    ``prefix`` is the data path of the validated object (block params validate at ``("blocks", name)``);
+    ``data`` is the validated value, used to tell real keys from the union-member tags Pydantic adds to paths.
     """
     out = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if p != "params")
+    errors = [(e, _data_loc(data, e["loc"])) for e in exc.errors(include_url=False)]
+    located = {loc for e, (loc, tagged) in errors if not tagged}
+    for err, (loc, tagged) in errors:
+        if tagged and err["type"].endswith("_type") and (loc in located or len(errors) > 1):
+            continue  # "should be a list": the branch of a union the value was never meant for
+        loc = tuple(p for p in loc if p != "params")
         path = (*prefix, *loc)
         kind = err["type"]
         field = str(loc[-1]) if loc else ""
@@ -119,16 +131,67 @@ def validation_diagnostics(
     return out
 
 
+def _data_loc(data: Any, loc: tuple) -> tuple[tuple, bool]:
+    """``loc`` without the union-member tags (``OptimizerConfig``, ``list[...]``) that are not keys of ``data``."""
+    if data is None:
+        return tuple(loc), False
+    out, node, tagged = [], data, False
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = node[part]
+        elif isinstance(part, str) and (not isinstance(node, dict) or "[" in part or part[:1].isupper()):
+            tagged = True
+            continue
+        out.append(part)
+    return tuple(out), tagged
+
+
 def _node_of(path: tuple) -> str | None:
     return str(path[1]) if len(path) > 1 and path[0] == "blocks" else None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names (by alias) of the model found at ``loc`` (mapping keys in ``loc`` are skipped)."""
+    """Field names (by alias) of the model found at ``loc``, walking fields, mapping values and list items."""
     if model is Spec and len(loc) == 2 and loc[0] == "blocks":
         return list(_BLOCK_KEYS)
-    if model is Spec and loc:
+    if model is Spec and loc and loc[0] != "blocks":
         return []
-    if model is BlockDecl:
-        return list(_BLOCK_KEYS)
-    return [f.alias or name for name, f in model.model_fields.items()]
+    found = _model_at(model, loc)
+    return [f.alias or name for name, f in found.model_fields.items()] if found else []
+
+
+def _model_at(tp: Any, loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        tp = _member(tp, part)
+        if tp is None:
+            return None
+    models = [t for t in _flatten(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return models[0] if models else None
+
+
+def _member(tp: Any, part: Any) -> Any:
+    for t in _flatten(tp):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            if "root" in t.model_fields and len(t.model_fields) == 1:  # a RootModel: look through it
+                found = _member(t.model_fields["root"].annotation, part)
+            else:
+                field = t.model_fields.get(part) or next((f for f in t.model_fields.values() if f.alias == part), None)
+                found = field.annotation if field else None
+        elif typing.get_origin(t) is dict:
+            found = typing.get_args(t)[1]
+        elif typing.get_origin(t) in (list, tuple) and isinstance(part, int):
+            found = typing.get_args(t)[0]
+        else:
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
+def _flatten(tp: Any) -> list[Any]:
+    """The members of a union (``X | list[X] | None``), or the type itself."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _flatten(a)]
+    return [tp]

@@ -124,7 +124,7 @@ class SupervisedLoop:
             else:
                 total = sum(w * parts[name] for name, w in group.losses.items())
             if not torch.isfinite(total):
-                raise NonFiniteLoss({k: float(v) for k, v in parts.items()}, step)
+                raise NonFiniteLoss({k: v.detach().item() for k, v in parts.items()}, step)
             if self.scaler is not None:
                 self.scaler.scale(total).backward()
                 self.scaler.unscale_(group.optimizer)

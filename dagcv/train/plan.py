@@ -50,7 +50,7 @@ def _validate(sg: SpecGraph, model: type[BaseModel], value: Any, prefix: tuple) 
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        for d in validation_diagnostics(exc, sg.spec.source, model, prefix):
+        for d in validation_diagnostics(exc, sg.spec.source, model, prefix, data=value):
             d.message = f"{'.'.join(map(str, prefix))}: {d.message}"
             sg.diagnostics.append(d)
         return None
@@ -66,7 +66,7 @@ def check_training(sg: SpecGraph) -> None:
     fields = {name: f for name, split in splits.items() if (f := _check_split(sg, name, split)) is not None}
     losses = [o for o, (n, p) in sg.outputs.items() if _kind(sg, n, p) == "Loss"]
     if train_cfg is not None:
-        _check_train(sg, train_cfg, splits, losses)
+        _check_train(sg, train_cfg, splits if data_cfg is not None else None, losses)
     sg.training = TrainingPlan(splits, train_cfg, fields, losses)  # type: ignore[attr-defined]
 
 
@@ -133,7 +133,8 @@ def _inputs_ok(sg: SpecGraph) -> bool:
     return all(sg.node(n).get("type") is not None for n in sg.spec.inputs)
 
 
-def _check_train(sg: SpecGraph, cfg: TrainConfig, splits: dict, losses: list[str]) -> None:
+def _check_train(sg: SpecGraph, cfg: TrainConfig, splits: dict | None, losses: list[str]) -> None:
+    """``splits`` is None when ``data:`` itself was invalid (its errors are reported; no cascade here)."""
     smap = sg.spec.source
     if cfg.loop not in LOOPS:
         planned = cfg.loop in PLANNED_LOOPS
@@ -142,7 +143,7 @@ def _check_train(sg: SpecGraph, cfg: TrainConfig, splits: dict, losses: list[str
             smap.value("train", "loop"),
             hint=did_you_mean(cfg.loop, LOOPS) or f"loops: {', '.join(LOOPS)}",
         )
-    for key in ("train_split", "eval_split"):
+    for key in ("train_split", "eval_split") if splits is not None else ():
         split = getattr(cfg, key)
         explicit = key in (sg.spec.train or {})
         if split is not None and split not in splits and (key == "train_split" or explicit or cfg.metrics):

@@ -64,6 +64,7 @@ class RunResult:
     run_dir: Path
     history: list[dict[str, Any]]  # epoch records
     stopped_early: bool = False
+    main_process: bool = True  # False on DDP ranks other than 0, which print nothing
 
     @property
     def final(self) -> dict[str, Any]:
@@ -94,6 +95,15 @@ def init_distributed() -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly: a gloo group torn down at interpreter exit can abort the process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _broadcast(value: Any, d: Dist) -> Any:
@@ -344,7 +354,7 @@ class Trainer:
             from dagcv.train.plots import write_plots
 
             write_plots(self.run_dir, self.spec.name)
-        return RunResult(self.run_dir, self.history, stopped)
+        return RunResult(self.run_dir, self.history, stopped, self.dist.main)
 
     def _train_epoch(self, progress: Any) -> None:
         self.net.train()
@@ -438,7 +448,10 @@ class Trainer:
 
 def train_spec(spec: Spec, options: Options | None = None) -> RunResult:
     """Train a spec in a new run directory."""
-    return Trainer(spec, options or Options()).run()
+    try:
+        return Trainer(spec, options or Options()).run()
+    finally:
+        shutdown_distributed()
 
 
 def resume_run(run_dir: Path, options: Options | None = None) -> RunResult:
@@ -447,7 +460,10 @@ def resume_run(run_dir: Path, options: Options | None = None) -> RunResult:
     spec = load_spec(run_dir / "spec.resolved.yaml")
     trainer = Trainer(spec, options or Options(), run_dir=run_dir)
     trainer.restore(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
-    return trainer.run()
+    try:
+        return trainer.run()
+    finally:
+        shutdown_distributed()
 
 
 def evaluate_checkpoint(spec: Spec, ckpt: Path, split: str | None = None) -> dict[str, Any]:
