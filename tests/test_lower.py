@@ -15,31 +15,7 @@ from dagcv.compiler import compile_file
 from dagcv.eject import eject
 from dagcv.lower import DagModule
 from tests.conftest import ROOT
-
-
-class TutorialNet(nn.Module):
-    """The network of PyTorch's CIFAR-10 tutorial, written as the tutorial writes it."""
-
-    def __init__(self, in_channels: int = 3, flat: int = 16 * 5 * 5):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(flat, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-LENET_KEYS = {"conv1": "features.conv1", "conv2": "features.conv2", "fc1": "classifier.layers.0",
-              "fc2": "classifier.layers.1", "fc3": "classifier.layers.2"}  # fmt: skip
+from tests.reference import LENET_KEYS, TutorialNet
 
 
 def load_mapped(model: nn.Module, reference: nn.Module, prefixes: dict[str, str]) -> None:

@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from dagcv.compiler import compile_file, compile_spec  # noqa: E402
 from dagcv.spec import parse_spec_text  # noqa: E402
-from tests.test_lower import LENET_KEYS, TutorialNet, load_mapped  # noqa: E402
+from tests.reference import LENET_KEYS, TutorialNet  # noqa: E402
+from tests.test_lower import load_mapped  # noqa: E402
 from tools.gen_spec import generate_spec  # noqa: E402
 
 

@@ -35,7 +35,7 @@ from dagcv.spec import load_spec  # noqa: E402
 from dagcv.train.data import EpochSampler  # noqa: E402
 from dagcv.train.progress import Progress  # noqa: E402
 from dagcv.train.runner import Options, Trainer  # noqa: E402
-from tests.test_lower import LENET_KEYS, TutorialNet  # noqa: E402
+from tests.reference import LENET_KEYS, TutorialNet  # noqa: E402
 
 SPEC = ROOT / "specs" / "lenet_mnist.yaml"
 FAKE = [

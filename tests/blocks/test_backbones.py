@@ -7,43 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
 from blocks.backbones import LeNetFeatures, mobilenet_v3_large, mobilenet_v3_small, resnet18, resnet34, resnet50
 from blocks.heads import GlobalPoolHead, MLPHead
+from tests.reference import TutorialNet, lenet_keys
 
-
-class TutorialNet(nn.Module):
-    """The classic PyTorch CIFAR-10 tutorial network, written out as the reference."""
-
-    def __init__(self, in_channels: int = 3, side: int = 5) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * side * side, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-LENET_KEYS = {"conv1": "features.conv1", "conv2": "features.conv2", "fc1": "head.layers.0", "fc2": "head.layers.1",
-              "fc3": "head.layers.2"}  # fmt: skip
+LENET_KEYS = lenet_keys(head="head")
 
 
 @pytest.mark.parametrize(("channels", "side", "flat_side"), [(3, 32, 5), (1, 28, 4)], ids=["cifar", "mnist"])
 def test_lenet_matches_the_tutorial_net(channels: int, side: int, flat_side: int) -> None:
     torch.manual_seed(0)
-    reference = TutorialNet(channels, flat_side)
+    reference = TutorialNet(channels, 16 * flat_side**2)
     ours = nn.Sequential()
     ours.add_module("features", LeNetFeatures(in_channels=channels))
     ours.add_module("head", MLPHead(in_features=16 * flat_side**2, hidden=(120, 84), num_classes=10))
