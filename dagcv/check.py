@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dagcv.errors import Span
 from dagcv.graph import INPUT_PORT, SpecGraph, _inside
-from dagcv.types import KINDS, Dim, ShapeError, bind_shape, evaluate, evaluate_dims, format_shape, is_subkind
+from dagcv.types import Dim, ShapeError, bind_shape, evaluate, evaluate_dims, format_shape, is_subkind
 
 DEFAULT_SIZES = {"B": 2}
 
@@ -162,6 +162,3 @@ def _shape_error(sg: SpecGraph, node: str, src: str, edge: dict, shape: list[Dim
         notes.append((src_span, f"'{src}' is defined here"))
     sg.error(message, edge["span"], node=node, port=edge["dst_port"], notes=notes,
              hint="insert a block that adapts the shape, or change one of the two blocks")  # fmt: skip
-
-
-STATIC_KINDS = frozenset(k for k, v in KINDS.items() if v.static)

@@ -160,7 +160,6 @@ class DagModule(nn.Module):
         self.output_ports = output_ports
         # Plain attributes (not submodules): the GraphModules share our children, so state_dict lists each
         # parameter once and .to()/.train() reach them through us.
-        self._programs: dict[str, Program] = {}
         self._graph_modules: dict[str, fx.GraphModule] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -187,7 +186,6 @@ def lower(built: BuiltGraph) -> DagModule:
     model = DagModule(built.modules, ports, sg.spec.name)
     class_name = class_name_for(sg.spec.name)
     programs = {mode: make_program(sg, mode) for mode in ("train", "eval")}
-    model._programs = programs
     if programs["train"].signature() == programs["eval"].signature():
         gm = to_fx(programs["train"], model, class_name)
         model._graph_modules = {"train": gm, "eval": gm}
