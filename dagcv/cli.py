@@ -6,16 +6,14 @@ Imports are deferred to each command so that ``dagcv --help`` and ``dagcv check`
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from dagcv import __version__
 from dagcv.errors import SpecError
+from dagcv.files import replace_folder, write_text_atomically
 
 
 def _print_error(exc: SpecError, as_json: bool) -> None:
@@ -96,29 +94,10 @@ def compile_cmd(spec: Path, out_dir: Path | None, quiet: bool) -> None:
         click.echo("dagcv: warning: Graphviz's `dot` is not installed; graph.svg not written", err=True)
     else:
         files["graph.svg"] = svg
-    write_atomically(target, files)
+    replace_folder(target, files)
     if not quiet:
         _print_summary(result)
     click.echo(f"wrote {target}/: {', '.join(files)}")
-
-
-def write_atomically(target: Path, files: dict[str, str | bytes]) -> None:
-    """Write ``files`` into folder ``target`` all at once: a failure leaves the old folder (or none)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for name, content in files.items():
-            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-        tmp.rename(target)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _print_summary(result) -> None:
@@ -338,7 +317,7 @@ def fmt(specs: tuple[Path, ...], syntax: str | None, output: Path | None, check_
         elif str(target) == "-":
             click.echo(text, nl=False)
         else:
-            write_file_atomically(target, text)
+            write_text_atomically(target, text)
             click.echo(f"wrote {target}")
     if unformatted:
         sys.exit(1)
@@ -354,19 +333,8 @@ def schema(output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    write_file_atomically(output, text)
+    write_text_atomically(output, text)
     click.echo(f"wrote {output}")
-
-
-def write_file_atomically(path: Path, text: str) -> None:
-    """Write one file through a temporary sibling and a rename: readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _describe(c) -> str:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import html
 import itertools
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import graphviz
 
 from dagcv.compiler import analyze
 from dagcv.errors import Diagnostic, Span
+from dagcv.files import atomic_file
 from dagcv.graph import SpecGraph
 from dagcv.registry import FAMILIES
 from dagcv.spec import Spec, load_spec
@@ -103,14 +102,8 @@ def write_rendering(graph: graphviz.Digraph, path: str | Path) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"cannot render to '{path.name}': use one of .{', .'.join(FORMATS)}")
     data = graph.source.encode() if fmt == "dot" else render_bytes(graph, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path) as f:
+        f.write(data)
     return path
 
 

@@ -34,6 +34,7 @@ import torch
 from dagcv import __version__
 from dagcv.compiler import Compiled, compile_spec
 from dagcv.errors import SpecError
+from dagcv.files import write_text_atomically
 from dagcv.spec import Spec, load_spec
 from dagcv.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dagcv.train.config import TrainConfig
@@ -285,16 +286,16 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not self.dist.main or not path.exists():
             return
-        kept = []
+        kept: list[tuple[str, dict[str, Any]]] = []
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the kill
             if record["step"] <= self.step:
-                kept.append(line)
-        path.write_text("".join(f"{line}\n" for line in kept))
-        self.history = [json.loads(x) for x in kept if json.loads(x)["kind"] == "epoch"]
+                kept.append((line, record))
+        write_text_atomically(path, "".join(f"{line}\n" for line, _ in kept))
+        self.history = [record for _, record in kept if record["kind"] == "epoch"]
 
     # -- logging ----------------------------------------------------------------------------------------------
 
