@@ -64,14 +64,33 @@ def build(sg: SpecGraph, *, propagate: bool = True) -> BuiltGraph:
     return built
 
 
-def example_value(kind: str, shape: list[int], device: str = "cpu") -> torch.Tensor:
-    """An example tensor of a kind: zeros for index kinds (valid class ids), normal noise otherwise."""
+def example_value(kind: str, shape: list[int], device: str = "cpu") -> Any:
+    """An example value of a kind: zeros for index kinds (valid class ids), normal noise otherwise.
+
+    ``Targets[B, H, W]`` gives ``B`` real (never meta) target dicts of two objects each, label 1, on an ``H×W``
+    canvas, so losses and samplers can run on them while shapes propagate.
+    """
+    if kind == "Targets":
+        return example_targets(*shape) if len(shape) == 3 else None
+    if not KINDS[kind].tensor:
+        return None
     dtype = getattr(torch, KINDS[kind].dtype)
     if device == "meta":
         return torch.empty(shape, dtype=dtype, device="meta")
     if dtype.is_floating_point:
         return torch.randn(shape, dtype=dtype)
     return torch.zeros(shape, dtype=dtype)
+
+
+def example_targets(batch: int, height: int, width: int) -> list[dict[str, torch.Tensor]]:
+    """Detection targets for shape propagation: two overlapping boxes per image, with their filled masks."""
+    fractions = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.4, 0.3, 0.9, 0.8]])
+    boxes = (fractions * torch.tensor([width, height, width, height])).floor()
+    masks = torch.zeros(2, height, width, dtype=torch.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist(), strict=True):
+        mask[y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)] = 1
+    return [{"boxes": boxes.clone(), "labels": torch.ones(2, dtype=torch.int64), "masks": masks.clone()}
+            for _ in range(batch)]  # fmt: skip
 
 
 def call_args(sg: SpecGraph, node: str, values: dict[tuple[str, str], Any]) -> list[Any]:
@@ -102,7 +121,7 @@ def propagate_shapes(built: BuiltGraph) -> None:
             if data["kind"] == "input":
                 shape = data["shapes"][INPUT_PORT]
                 kind = data["type"].kind if data.get("type") else "Tensor"
-                if shape is not None and KINDS[kind].tensor:
+                if shape is not None:
                     values[(name, INPUT_PORT)] = example_value(kind, [d.value for d in shape], "meta")
             elif data["contract"].is_source:
                 for port in data["contract"].outputs:
@@ -193,20 +212,35 @@ def _is_small(module: Any, args: list[Any]) -> bool:
 
 def _meta_call(module: Any, args: list[Any]) -> Any:
     """Call ``module`` with its parameters and buffers swapped for meta copies (shapes only, no compute)."""
-    args = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    args = [_map_tensors(a, lambda t: t.to("meta")) for a in args]
     if not isinstance(module, nn.Module):
         return module(*args)
     state = {k: v.to("meta") for k, v in [*module.named_parameters(), *module.named_buffers()]}
     return torch.func.functional_call(module, state, tuple(args))
 
 
-def _realize(value: Any) -> Any:
-    """A real tensor standing in for a meta one (same shape and dtype)."""
-    if isinstance(value, torch.Tensor) and value.is_meta:
-        if value.dtype.is_floating_point:
-            return torch.randn(value.shape, dtype=value.dtype)
-        return torch.zeros(value.shape, dtype=value.dtype)
+def _map_tensors(value: Any, fn: Any) -> Any:
+    """``fn`` applied to every tensor inside lists, tuples and dicts (a feature pyramid, targets)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return type(value)((k, _map_tensors(v, fn)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return type(value)(_map_tensors(v, fn) for v in value)
     return value
+
+
+def _realize_tensor(value: torch.Tensor) -> torch.Tensor:
+    if not value.is_meta:
+        return value
+    if value.dtype.is_floating_point:
+        return torch.randn(value.shape, dtype=value.dtype)
+    return torch.zeros(value.shape, dtype=value.dtype)
+
+
+def _realize(value: Any) -> Any:
+    """Real tensors standing in for meta ones (same shapes and dtypes), also inside containers."""
+    return _map_tensors(value, _realize_tensor)
 
 
 def _outputs_of(sg: SpecGraph, name: str, values: dict) -> list[tuple[str, Any]]:

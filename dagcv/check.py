@@ -8,6 +8,8 @@ its contract infers (``in_channels = C``), then evaluates its output patterns. R
 
 from __future__ import annotations
 
+import ast
+
 from dagcv.errors import Span
 from dagcv.graph import INPUT_PORT, SpecGraph, _inside
 from dagcv.types import Dim, ShapeError, bind_shape, evaluate, evaluate_dims, format_shape, is_subkind
@@ -106,7 +108,11 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
     # block's batch B) take the spec's example sizes.
     env_all = {**_example_sizes(sg), **ints, **env}
     inferred = {}
+    absent = _absent_symbols(sg, name, env_all)
     for arg, expr in contract.infer.items():
+        if _names(expr) & absent:
+            inferred[arg] = None  # follows an optional port left unconnected
+            continue
         try:
             value = evaluate(expr, env_all).value
         except ShapeError as exc:
@@ -120,7 +126,7 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
                      hint=f"remove '{arg}' and let dagcv infer it, or fix the upstream block")  # fmt: skip
             return
         inferred[arg] = value
-    env_all.update({k: v for k, v in inferred.items() if k not in env})
+    env_all.update({k: v for k, v in inferred.items() if k not in env and v is not None})
     shapes = {}
     for port in contract.outputs:
         if port.parsed.dims is None:
@@ -144,6 +150,26 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             return  # fmt: skip
     data["inferred"] = inferred
     data["shapes"] = shapes
+
+
+def _absent_symbols(sg: SpecGraph, name: str, env: dict[str, object]) -> set[str]:
+    """Symbols bound only by optional input ports that nothing feeds (an FPN level left out)."""
+    contract = sg.node(name)["contract"]
+    connected = {d["dst_port"] for _, d in sg.in_edges(name)}
+    return {
+        p.expr
+        for port in contract.inputs
+        if port.parsed.optional and port.name not in connected and port.parsed.dims
+        for p in port.parsed.dims
+        if p.symbol is not None and p.expr not in env
+    }
+
+
+def _names(expr: str) -> set[str]:
+    try:
+        return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        return set()
 
 
 def _example_sizes(sg: SpecGraph) -> dict[str, Dim]:

@@ -307,11 +307,14 @@ def _connect_single(sg: SpecGraph, ref: Ref, node: str, contract: Contract) -> N
             return  # fmt: skip
         _add_edge(sg, Ref(ref.node, ref.port or src_ports[0], ref.span), node, target.name)
         return
-    # A multi-output source feeding a multi-input block: pair ports by kind, where that is unambiguous.
+    # A multi-output source feeding a multi-input block: pair ports of the same name (a backbone's c3 into an
+    # FPN's c3), then by kind where that is unambiguous.
     matched = {}
     for port in ports:
         fits = [s for s in src_ports if _fits(sg, ref.node, s, port.parsed)]
-        if len(fits) == 1:
+        if port.name in fits:
+            matched[port.name] = port.name
+        elif len(fits) == 1:
             matched[port.name] = fits[0]
         elif not port.parsed.optional:
             sg.error(

@@ -89,25 +89,29 @@ def _static_input(sg: SpecGraph, name: str) -> bool:
 def make_program(sg: SpecGraph, mode: str) -> Program:
     program = Program(mode)
     used: set[Value] = set()
+    needed: set[Value] = set()  # values some required port reads; an input read only by optional ports may be None
     for name in sg.order():
         data = sg.node(name)
         if data["kind"] != "block" or mode not in MODES[data["mode"]] or data["contract"].is_source:
             continue
         contract = data["contract"]
         wired = {d["dst_port"]: Value(u, d["src_port"]) for u, d in sg.in_edges(name)}
-        args = [wired.get(p.name) for p in contract.inputs if not KINDS[p.parsed.kind].static]
+        ports = [p for p in contract.inputs if not KINDS[p.parsed.kind].static]
+        args = [wired.get(p.name) for p in ports]
         while args and args[-1] is None:
             args.pop()
         args = [a if a is None or mode in MODES[sg.node(a.node)["mode"]] else None for a in args]
         used.update(a for a in args if a is not None)
+        needed.update(a for a, p in zip(args, ports, strict=False) if a is not None and not p.parsed.optional)
         program.steps.append(Step(name, args, multi=len(contract.outputs) > 1))
     for out, (node, port) in sg.outputs.items():
         if mode in MODES[sg.node(node)["mode"]]:
             program.outputs[out] = Value(node, port)
             used.add(Value(node, port))
+            needed.add(Value(node, port))
     optional = False
     for name, value in runtime_inputs(sg):
-        optional = optional or value not in used  # Python: no required argument after an optional one
+        optional = optional or value not in needed  # Python: no required argument after an optional one
         program.inputs.append(Arg(name, value, value in used, optional))
     return program
 

@@ -3,7 +3,8 @@
 A port type is written ``Kind[dim, dim, ...]``: ``Image[B, 3, H, W]``, ``FeatureMap[B, C, H/8, W/8]``,
 ``Loss[]`` (a scalar), ``Logits[B, *F]`` (``*F`` binds any number of dims), or a bare ``Kind`` (any shape).
 Dims are small integer expressions over symbols: ``+ - * // % /`` (``/`` must divide exactly), ``cdiv(a, b)``
-(ceil division), ``prod(F)``, ``min``, ``max``.
+(ceil division), ``prod(F)``, ``min``, ``max``, ``rcnn_resize(X, H, W, min_size, max_size)`` (torchvision's detection
+resize of ``X``, a height or width of an ``H×W`` image).
 
 Every symbol gets an example size (``sizes:`` in the spec, ``B`` defaults to 2), so each dim carries both its
 symbolic text (``H/8``, for reading and rendering) and a concrete value (for checking)::
@@ -49,6 +50,7 @@ KINDS: dict[str, Kind] = {
         Kind("Embedding", "Tensor", doc="a vector per sample (B D)"),
         Kind("Labels", "Tensor", dtype="int64", doc="class indices"),
         Kind("Codes", "Tensor", dtype="int64", doc="discrete code indices"),
+        Kind("ImageSizes", "Tensor", dtype="int64", doc="each image's (height, width) before padding (B 2)"),
         Kind("Scalar", "Tensor", doc="a 0-d tensor"),
         Kind("Loss", "Scalar", doc="a differentiable scalar to minimise"),
         Kind("Metric", "Scalar", doc="a scalar to log"),
@@ -56,9 +58,9 @@ KINDS: dict[str, Kind] = {
         Kind("Action", "Tensor", dtype="int64", doc="an RL action batch"),
         Kind("Reward", "Tensor", doc="an RL reward batch"),
         Kind("Value", "Tensor", doc="a state-value estimate per sample"),
-        Kind("FeaturePyramid", "Any", tensor=False, doc="named multi-scale feature maps (dict of B C H W)"),
+        Kind("FeaturePyramid", "Any", tensor=False, doc="named multi-scale maps, finest first (dict of B C H W)"),
         Kind("Boxes", "Any", tensor=False, doc="per-image boxes (list of N 4 tensors, xyxy)"),
-        Kind("Targets", "Any", tensor=False, doc="per-image training targets (list of dicts)"),
+        Kind("Targets", "Any", tensor=False, doc="per-image targets on an H W canvas (list of dicts)"),
         Kind("Detections", "Any", tensor=False, doc="per-image detections (list of dicts: boxes, scores, labels)"),
         Kind("Distribution", "Any", tensor=False, doc="a torch.distributions object"),
         Kind("Space", "Any", tensor=False, static=True, doc="a Gymnasium space, known at build time"),
@@ -152,8 +154,25 @@ def _binop(op: ast.operator, a: Dim, b: Dim, prec_a: int, prec_b: int) -> tuple[
     return Dim(f"{left}{_SYMBOL[kind]}{right}", value), prec
 
 
+def rcnn_resize(size: int, height: int, width: int, min_size: int, max_size: int) -> int:
+    """``size`` (a height or width) after torchvision's detection resize of a ``height×width`` image.
+
+    ``GeneralizedRCNNTransform`` scales the shorter side to ``min_size`` unless the longer side would pass
+    ``max_size``, and interpolation floors ``size × scale`` (both in double precision, as here).
+
+    >>> rcnn_resize(480, 480, 640, 800, 1333), rcnn_resize(640, 480, 640, 800, 1333)
+    (800, 1066)
+    """
+    return math.floor(size * min(min_size / min(height, width), max_size / max(height, width)))
+
+
 def _call(name: str, args: list[Dim | list[Dim]]) -> Dim:
     flat = [a for a in args if isinstance(a, Dim)]
+    if name == "rcnn_resize" and len(flat) == 5:
+        value = rcnn_resize(*(d.value for d in flat))
+        if all(d.is_const for d in flat):
+            return Dim.const(value)
+        return Dim(f"rcnn_resize({flat[0].text})", value)
     if name == "prod":
         dims = args[0] if len(args) == 1 and isinstance(args[0], list) else flat
         value = math.prod(d.value for d in dims)

@@ -96,9 +96,10 @@ class MetricConfig(BaseModel):
     """A torchmetrics metric over an output and a spec input, computed on the evaluation split."""
 
     model_config = _STRICT
-    type: Literal["accuracy", "f1", "precision", "recall", "confusion_matrix", "mse", "mae"]
-    output: str = Field(description="a spec output, e.g. logits")
-    target: str = Field(description="a spec input, e.g. label")
+    type: Literal["accuracy", "f1", "precision", "recall", "confusion_matrix", "mse", "mae", "map", "mean_iou", "dice"]
+    output: str = Field(description="a spec output, e.g. logits (Detections for map)")
+    target: str = Field(description="a spec input, e.g. label (Targets for map)")
+    iou_type: Literal["bbox", "segm"] = Field(default="bbox", description="map: boxes or instance masks")
     top_k: int = Field(default=1, gt=0)
     average: Literal["micro", "macro", "weighted"] | None = Field(
         default=None, description="default: micro for accuracy (the fraction correct), macro for f1/precision/recall"
@@ -110,6 +111,16 @@ class MetricConfig(BaseModel):
         if self.name:
             return self.name
         return f"{self.type}_top{self.top_k}" if self.top_k > 1 else self.type
+
+    @property
+    def logged(self) -> list[str]:
+        """The names this metric is logged under (COCO mAP logs several)."""
+        if self.type != "map":
+            return [self.key]
+        from dagcv.train.metrics import renamed
+
+        subs = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100"]
+        return [renamed(self.key, s) for s in subs]
 
 
 class EarlyStoppingConfig(BaseModel):

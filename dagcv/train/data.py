@@ -86,6 +86,39 @@ def build_dataset(sg: SpecGraph, split: SplitConfig) -> Dataset:
     return dataset
 
 
+def collate_fn_of(dataset: Dataset) -> Any:
+    """The dataset's own ``collate_fn`` (detection data keeps targets as a list), looked up through subsets and
+    transforms; None for torch's default stacking."""
+    while True:
+        if hasattr(dataset, "collate_fn"):
+            return dataset.collate_fn
+        inner = getattr(dataset, "base", None) or getattr(dataset, "dataset", None)
+        if inner is None:
+            return None
+        dataset = inner
+
+
+def move_to(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor on ``device``, inside lists and dicts too (detection targets)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: move_to(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(move_to(v, device) for v in value)
+    return value
+
+
+def batch_size(batch: dict[str, Any]) -> int:
+    """Samples in a batch: the first dim of its first tensor, or the length of its first list."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+        if isinstance(value, list):
+            return len(value)
+    return 0
+
+
 class SplitLoader:
     """Batches of one split as dicts of spec inputs, with an :class:`EpochSampler` behind them."""
 
@@ -112,6 +145,7 @@ class SplitLoader:
             drop_last=split.drop_last,
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=split.workers > 0,
+            collate_fn=collate_fn_of(dataset),
         )
         self.batch_size = split.batch_size
 

@@ -101,7 +101,7 @@ def _check_split(sg: SpecGraph, name: str, split: SplitConfig) -> dict[str, int]
                 hint=did_you_mean(str(kind), TRANSFORMS) or f"transforms: {', '.join(TRANSFORMS)}",
             )
     outputs = [p.name for p in contract.outputs]
-    wanted = [n for n in sg.spec.inputs if KINDS[sg.node(n)["type"].kind].tensor] if _inputs_ok(sg) else []
+    wanted = [n for n in sg.spec.inputs if not KINDS[sg.node(n)["type"].kind].static] if _inputs_ok(sg) else []
     mapping: dict[str, int] = {}
     for i, inp in enumerate(wanted):
         src = (split.fields or {}).get(inp) or (inp if inp in outputs else (outputs[i] if i < len(outputs) else None))
@@ -195,11 +195,32 @@ def _check_train(sg: SpecGraph, cfg: TrainConfig, splits: dict | None, losses: l
                 smap.value("train", "metrics", i, "target"),
                 hint=did_you_mean(m.target, sg.spec.inputs),
             )
+        elif m.output in sg.outputs:
+            _check_metric_kinds(sg, m, i)
     if cfg.early_stopping is not None:
-        names = [f"{cfg.eval_split}/{m.key}" for m in cfg.metrics]
+        names = [f"{cfg.eval_split}/{name}" for m in cfg.metrics for name in m.logged]
         if cfg.early_stopping.metric not in names:
             sg.error(
                 f"train.early_stopping: no metric '{cfg.early_stopping.metric}'",
                 smap.value("train", "early_stopping", "metric"),
                 hint=did_you_mean(cfg.early_stopping.metric, names) or f"metrics: {', '.join(names) or 'none'}",
+            )
+
+
+# What each structured metric reads: (kind of the output, kind of the target input).
+METRIC_KINDS = {"map": ("Detections", "Targets"), "mean_iou": ("Logits", "Labels"), "dice": ("Logits", "Labels")}
+
+
+def _check_metric_kinds(sg: SpecGraph, m: Any, i: int) -> None:
+    if m.type not in METRIC_KINDS:
+        return
+    want_out, want_target = METRIC_KINDS[m.type]
+    have_out = _kind(sg, *sg.outputs[m.output])
+    target_type = sg.node(m.target).get("type")
+    for what, have, want in (("output", have_out, want_out), ("target", target_type and target_type.kind, want_target)):
+        if have is not None and not is_subkind(have, want):
+            sg.error(
+                f"train.metrics: {m.type} needs a {want} {what}, but '{getattr(m, what)}' is {have}",
+                sg.spec.source.value("train", "metrics", i, what),
+                hint=f"{m.type} compares a {want_out} output with a {want_target} input",
             )

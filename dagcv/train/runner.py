@@ -38,9 +38,9 @@ from dagcv.files import write_text_atomically
 from dagcv.spec import Spec, load_spec
 from dagcv.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dagcv.train.config import TrainConfig
-from dagcv.train.data import SplitLoader, build_dataset
+from dagcv.train.data import SplitLoader, batch_size, build_dataset, move_to
 from dagcv.train.loops import NonFiniteLoss, SupervisedLoop, make_groups
-from dagcv.train.metrics import make_metric, plain
+from dagcv.train.metrics import make_metric, results
 from dagcv.train.plan import TrainingPlan
 
 
@@ -368,14 +368,14 @@ class Trainer:
             if self.step >= self.total_steps:
                 break  # a `steps:` budget that ends inside this epoch
             if on_device:
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                batch = move_to(batch, self.device)
             losses = self.loop.step(batch, self.step + 1)  # raises before touching the counters on a NaN
             self.step += 1
             self.batch_in_epoch += 1
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v
             count += 1
-            seen += next(iter(batch.values())).shape[0] * self.dist.world
+            seen += batch_size(batch) * self.dist.world
             if self.step % every == 0:
                 now = time.perf_counter()
                 record = {
@@ -436,12 +436,12 @@ class Trainer:
         for m in self.metrics.values():
             m.reset()
         for batch in self.eval_loader.epoch(0):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = move_to(batch, self.device)
             out = self.net(**batch)
             for cfg in self.cfg.metrics:
                 self.metrics[cfg.key].update(out[cfg.output], batch[cfg.target])
         self.net.train()
-        return {k: plain(m.compute()) for k, m in self.metrics.items()}
+        return {name: v for k, m in self.metrics.items() for name, v in results(k, m.compute()).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
