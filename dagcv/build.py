@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dagcv.errors import SpecError
-from dagcv.graph import INPUT_PORT, SpecGraph
+from dagcv.graph import INPUT_PORT, MODES, SpecGraph
 from dagcv.types import KINDS, format_shape
 
 
@@ -109,6 +109,12 @@ def call_args(sg: SpecGraph, node: str, values: dict[tuple[str, str], Any]) -> l
 
 
 def propagate_shapes(built: BuiltGraph) -> None:
+    """Run every block once on example values, as each mode runs it.
+
+    The eval pass runs the nodes of evaluation in eval mode. The train pass then reruns, in train mode, only what
+    can differ: train-only nodes (losses), nodes that gave ``None`` in evaluation (a sampler's training targets)
+    and everything downstream of a rerun node. Tensor shapes of the other nodes do not depend on the mode.
+    """
     sg = built.sg
     values: dict[tuple[str, str], Any] = {}
     memo: dict = {}
@@ -128,30 +134,60 @@ def propagate_shapes(built: BuiltGraph) -> None:
                     dims = data["shapes"].get(port.name)
                     if KINDS[port.parsed.kind].tensor and dims is not None:
                         values[(name, port.name)] = example_value(port.parsed.kind, [d.value for d in dims], "meta")
-            else:
-                _run_block(built, name, values, memo)
+            elif "eval" in MODES[data["mode"]]:
+                _run_block(built, name, values, memo, "eval")
             for port, value in _outputs_of(sg, name, values):
                 built.shapes[(name, port)] = describe(value)
+        _train_pass(built, values, memo)
     finally:
         for n, m in built.modules.items():
             m.train(was_training[n])
 
 
-def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict) -> None:
+def _train_pass(built: BuiltGraph, values: dict, memo: dict) -> None:
+    sg = built.sg
+    rerun: set[str] = set()
+    for name in sg.order():
+        data = sg.node(name)
+        if data["kind"] != "block" or data["contract"].is_source or "train" not in MODES[data["mode"]]:
+            continue
+        outputs = _outputs_of(sg, name, values)
+        if (
+            data["mode"] == "train"
+            or any(v is None for _, v in outputs)
+            or any(u in rerun for u, _ in sg.in_edges(name))
+        ):
+            module = built.objects[name]
+            if isinstance(module, nn.Module):
+                module.train()
+            try:
+                _run_block(built, name, values, memo, "train")
+            finally:
+                if isinstance(module, nn.Module):
+                    module.eval()
+            rerun.add(name)
+            for port, value in _outputs_of(sg, name, values):
+                built.shapes[(name, port)] = describe(value)
+
+
+def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict, mode: str) -> None:
     sg = built.sg
     contract = sg.node(name)["contract"]
     args = call_args(sg, name, values)
     ports = [p.name for p in contract.outputs]
-    # Output shapes are a function of the block type, its arguments and its input shapes: blocks repeated
-    # with the same arguments on the same shapes (a stack of identical layers) run once.
-    key = _memo_key(contract.name, built.kwargs(name), args)
+    # Output shapes are a function of the block type, its arguments, its input shapes and the mode: blocks
+    # repeated with the same arguments on the same shapes (a stack of identical layers) run once.
+    key = _memo_key(contract.name, built.kwargs(name), args, mode)
     if key is not None and key in memo:
         for port, (shape, dtype) in zip(ports, memo[key], strict=True):
             values[(name, port)] = torch.empty(shape, dtype=dtype, device="meta")
         return
     module = built.objects[name]
+    # Boxes and detections come out of data-dependent steps (NMS, top-k) whose meta results would feed the next
+    # block sizes it cannot use: such blocks run on real values.
+    structured = any(p.parsed.kind in ("Boxes", "Detections") for p in contract.outputs)
     with torch.no_grad():
-        if _is_small(module, args):
+        if structured or _is_small(module, args):
             out = module(*[_realize(a) for a in args])
         else:
             try:
@@ -168,7 +204,7 @@ def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict) -> None:
         value = out[port.name]
         values[(name, port.name)] = value
         dims = sg.node(name)["shapes"].get(port.name)
-        if dims is not None and isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(d.value for d in dims):
+        if dims is not None and isinstance(value, torch.Tensor) and not _fits(value.shape, dims):
             raise ContractError(
                 f"node '{name}': block '{contract.name}' ({contract.target}) returned {port.name} of shape "
                 f"{tuple(value.shape)}, but its contract {port.type} says {format_shape(dims, concrete=True)} "
@@ -178,12 +214,18 @@ def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict) -> None:
         memo[key] = [(tuple(out[p].shape), out[p].dtype) for p in ports]
 
 
-def _memo_key(block: str, kwargs: dict, args: list[Any]) -> tuple | None:
-    """A hashable key for (block, arguments, input shapes), or None when an input is not a tensor."""
+def _fits(shape: torch.Size, dims: list) -> bool:
+    """A real shape against contract dims; a run-time dim (the number of RoIs) fits any size."""
+    return len(shape) == len(dims) and all(d.runtime or d.value == n for n, d in zip(shape, dims, strict=True))
+
+
+def _memo_key(block: str, kwargs: dict, args: list[Any], mode: str) -> tuple | None:
+    """A hashable key for (block, arguments, input shapes, mode), or None when an input is not a tensor."""
     if not all(a is None or isinstance(a, torch.Tensor) for a in args):
         return None
     try:
-        return (block, _hashable(kwargs), tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args))
+        shapes = tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
+        return (block, _hashable(kwargs), shapes, mode)
     except TypeError:
         return None
 

@@ -114,7 +114,10 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             inferred[arg] = None  # follows an optional port left unconnected
             continue
         try:
-            value = evaluate(expr, env_all).value
+            dim = evaluate(expr, env_all)
+            if dim.runtime:
+                raise ShapeError(f"{expr} = {dim.text} is only known at run time")
+            value = dim.value
         except ShapeError as exc:
             sg.error(f"cannot infer '{arg}' of '{name}' ({contract.name}): {exc}", data["span"], node=name,
                      hint=f"connect the input that defines {expr}")  # fmt: skip
@@ -127,6 +130,11 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             return
         inferred[arg] = value
     env_all.update({k: v for k, v in inferred.items() if k not in env and v is not None})
+    # An output symbol that no input, parameter or size binds is decided by the data (the number of RoIs).
+    for port in contract.outputs:
+        for p in port.parsed.dims or ():
+            if p.symbol is not None and not p.variadic and p.symbol not in env_all:
+                env_all[p.symbol] = Dim.at_runtime(p.symbol)
     shapes = {}
     for port in contract.outputs:
         if port.parsed.dims is None:
@@ -134,7 +142,7 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             continue
         try:
             shapes[port.name] = evaluate_dims(port.parsed.dims, env_all)
-            empty = [(i, d) for i, d in enumerate(shapes[port.name]) if d.value <= 0]
+            empty = [(i, d) for i, d in enumerate(shapes[port.name]) if d.value <= 0 and not d.runtime]
             if empty:
                 i, d = empty[0]
                 what = f"dim {i}" if d.is_const else f"dim {i} ({d.text})"

@@ -94,6 +94,7 @@ class Dim:
 
     text: str
     value: int
+    runtime: bool = False  # known only at run time (the number of RoIs): matches any size, checked nowhere
 
     @staticmethod
     def const(value: int) -> Dim:
@@ -103,6 +104,11 @@ class Dim:
     def symbol(name: str, value: int) -> Dim:
         return Dim(name, value)
 
+    @staticmethod
+    def at_runtime(name: str) -> Dim:
+        """A dim that only the data decide (``R`` proposals per batch); its example value is 1."""
+        return Dim(name, 1, runtime=True)
+
     @property
     def is_const(self) -> bool:
         return self.text.lstrip("-").isdigit()
@@ -111,8 +117,8 @@ class Dim:
         return self.text
 
     def show(self) -> str:
-        """``H=64`` for a symbolic dim, ``64`` for a constant."""
-        return self.text if self.is_const else f"{self.text}={self.value}"
+        """``H=64`` for a symbolic dim, ``64`` for a constant, ``R`` for a run-time dim."""
+        return self.text if self.is_const or self.runtime else f"{self.text}={self.value}"
 
 
 class ShapeError(ValueError):
@@ -130,6 +136,11 @@ _SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Di
 
 def _binop(op: ast.operator, a: Dim, b: Dim, prec_a: int, prec_b: int) -> tuple[Dim, int]:
     kind = type(op)
+    if a.runtime or b.runtime:
+        prec = _PRECEDENCE[kind]
+        left = f"({a.text})" if prec_a < prec else a.text
+        right = f"({b.text})" if prec_b <= prec and not b.is_const else b.text
+        return Dim.at_runtime(f"{left}{_SYMBOL[kind]}{right}"), prec
     if kind is ast.Add:
         value = a.value + b.value
     elif kind is ast.Sub:
@@ -168,6 +179,9 @@ def rcnn_resize(size: int, height: int, width: int, min_size: int, max_size: int
 
 def _call(name: str, args: list[Dim | list[Dim]]) -> Dim:
     flat = [a for a in args if isinstance(a, Dim)]
+    dims = [d for a in args for d in (a if isinstance(a, list) else [a])]
+    if any(d.runtime for d in dims):
+        return Dim.at_runtime(f"{name}({', '.join(d.text for d in dims)})")
     if name == "rcnn_resize" and len(flat) == 5:
         value = rcnn_resize(*(d.value for d in flat))
         if all(d.is_const for d in flat):
@@ -376,7 +390,7 @@ def bind_shape(
             want = evaluate(pattern.expr, env)
         except ShapeError as exc:
             return Mismatch(index, str(exc))
-        if want.value != dim.value:
+        if want.value != dim.value and not (want.runtime or dim.runtime):
             expected = want.show() if pattern.expr == want.text else f"{pattern.expr}={want.value}"
             return Mismatch(index, f"dim {index} is {dim.show()}, expected {expected}")
     return None
@@ -388,4 +402,4 @@ def format_shape(dims: Sequence[Dim] | None, concrete: bool = False) -> str:
         return "?"
     if not dims:
         return "[]"
-    return "×".join(str(d.value) if concrete else d.text for d in dims)
+    return "×".join(str(d.value) if concrete and not d.runtime else d.text for d in dims)
