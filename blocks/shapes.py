@@ -5,7 +5,8 @@ colour, size and position, kept inside the image. Later shapes occlude earlier o
 the *visible* part of its shape; its box is the tight box of that mask. Classes are 1 square, 2 circle,
 3 triangle (0 is the background of the semantic mask).
 
-``write_coco`` writes them as a real COCO dataset, and the ``shapes_coco`` block reads one back::
+``write_coco`` writes them as a real COCO dataset; the ``shapes_coco`` block reads the instances back, and the
+``shapes_segmentation`` block the semantic masks::
 
     root/<split>/images/000000.png          RGB images
     root/<split>/semantic/000000.png        class id per pixel (8-bit grey)
@@ -332,3 +333,115 @@ class ShapesCoco:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"ShapesCoco({args})"
+
+
+class SemanticMasks(Dataset[tuple[Tensor, Tensor]]):
+    """The ``images/`` and ``semantic/`` PNGs of a split as ``(image, mask)`` samples, decoded once.
+
+    The image is a ``tv_tensors.Image``, float32 ``3×H×W`` in ``[0, 1]``; the mask a ``tv_tensors.Mask``, int64
+    ``H×W`` class ids (0 the background). The ``v2`` transforms move the mask with the image (nearest neighbour
+    for the mask), and the default collate stacks both.
+
+    Args:
+        folder: the split folder holding ``images/*.png`` and ``semantic/*.png`` of the same names.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.names = sorted(p.name for p in (self.folder / "semantic").glob("*.png"))
+        missing = [n for n in self.names if not (self.folder / "images" / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.folder / 'images'}: no image for the masks {', '.join(missing[:5])}")
+        images = [np.asarray(Image.open(self.folder / "images" / n).convert("RGB")) for n in self.names]
+        masks = [np.asarray(Image.open(self.folder / "semantic" / n)) for n in self.names]
+        for name, image, mask in zip(self.names, images, masks, strict=True):
+            if mask.ndim != 2 or mask.shape != image.shape[:2]:
+                raise ValueError(f"{self.folder}: mask {name} is {mask.shape}, its image {image.shape[:2]}")
+        self.sizes = sorted({mask.shape for mask in masks})
+        if len(self.sizes) > 1:
+            found = ", ".join(f"{h}×{w}" for h, w in self.sizes)
+            raise ValueError(f"{self.folder}: images of several sizes ({found}); a batch needs one size")
+        # uint8 in memory (4 bytes a pixel instead of 16); each sample converts its own.
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) if images else torch.zeros(0, 3, 0, 0)
+        self.masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, 0, 0, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        # Same arithmetic as CocoInstances: to float32, then divide by 255.
+        image = tv_tensors.Image(self.images[index].to(torch.float32) / 255)
+        return image, tv_tensors.Mask(self.masks[index].to(torch.int64))
+
+
+@register_block(
+    "shapes_segmentation",
+    family="data",
+    module=False,
+    outputs={"image": "Image[B, 3, height, width]", "mask": "Labels[B, height, width]"},
+)
+class ShapesSegmentation:
+    """Synthetic shapes for semantic segmentation: images and their class-id masks, generated on demand.
+
+    Reads ``<root>/<split>/images/*.png`` and ``<root>/<split>/semantic/*.png`` as ``SemanticMasks`` describes:
+    masks hold 0 for the background, 1 square, 2 circle, 3 triangle (``num_classes = 4``). With ``generate > 0``
+    a missing split is first written by ``write_coco`` from ``height``, ``width`` and ``seed`` (the same files
+    ``shapes_coco`` reads, so both blocks can share a root); an existing split is read as it is.
+
+    Args:
+        root: folder holding the split folders.
+        split: the split folder to read (``train``, ``val``, ...).
+        generate: number of images to generate when the split is missing; 0 never generates.
+        height: image height (checked against the files).
+        width: image width (checked against the files).
+        seed: seed of the generated images.
+
+    Example:
+        >>> import tempfile
+        >>> data = ShapesSegmentation(root=tempfile.mkdtemp(), generate=4, height=32, width=48).dataset()
+        >>> image, mask = data[0]
+        >>> len(data), image.shape, mask.shape, mask.dtype, mask.unique().tolist()
+        (4, torch.Size([3, 32, 48]), torch.Size([32, 48]), torch.int64, [0, 2, 3])
+    """
+
+    num_classes = len(CLASSES) + 1  # with the background
+
+    def __init__(
+        self, *, root: str, split: str = "train", generate: int = 0, height: int = 64, width: int = 64, seed: int = 0
+    ) -> None:
+        self.root = root
+        self.split = split
+        self.generate = generate
+        self.height = height
+        self.width = width
+        self.seed = seed
+
+    def dataset(self) -> SemanticMasks:
+        """Generate the split if asked and missing, then decode every image and mask of it."""
+        folder = Path(self.root) / self.split
+        if not folder.exists() and self.generate > 0:
+            try:
+                write_coco(self.root, self.generate, height=self.height, width=self.width, seed=self.seed,
+                           split=self.split)  # fmt: skip
+            except OSError:
+                if not folder.exists():  # not a concurrent writer that finished first
+                    raise
+        semantic = folder / "semantic"
+        if not semantic.is_dir() or not any(semantic.glob("*.png")):
+            where = "" if semantic.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+            raise FileNotFoundError(
+                f"shapes_segmentation: no masks in {semantic}{where}. Set generate: N (N > 0) to write N synthetic "
+                "images there."
+            )
+        data = SemanticMasks(folder)
+        if data.sizes != [(self.height, self.width)]:
+            found = ", ".join(f"{h}×{w}" for h, w in data.sizes)
+            raise ValueError(
+                f"shapes_segmentation: {folder} holds {found} images but the block declares height={self.height}, "
+                f"width={self.width}; set them to match or use another root"
+            )
+        return data
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"ShapesSegmentation({args})"

@@ -36,7 +36,7 @@ from blocks.data import (
     parse_idx,
     read_idx,
 )
-from blocks.shapes import ShapesCoco
+from blocks.shapes import ShapesCoco, ShapesSegmentation
 from dagcv.registry import iter_live, registry
 from dagcv.types import KINDS, evaluate_dims, parse_port_type
 from tests.conftest import ROOT
@@ -154,6 +154,7 @@ def sample_cases(tmp: Path) -> dict[str, Callable[[], object]]:
         "fake_data": lambda: FakeData(size=5, channels=2, height=7, width=3, num_classes=4),
         # Detection samples (image, targets) are checked in test_shapes.py, not by the classification collate.
         "shapes_coco": lambda: ShapesCoco(root=str(tmp / "shapes"), generate=2, height=16, width=16),
+        "shapes_segmentation": lambda: ShapesSegmentation(root=str(tmp / "shapes"), generate=2, height=16, width=16),
     }
 
 

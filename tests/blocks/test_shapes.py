@@ -236,3 +236,80 @@ def test_a_random_resized_crop_keeps_boxes_on_their_masks(coco_split: Path) -> N
 def test_docstring_examples() -> None:
     result = doctest.testmod(blocks.shapes, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The semantic-segmentation dataset block
+
+
+def test_segmentation_samples_are_the_images_and_their_semantic_masks(coco_split: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from blocks.shapes import SemanticMasks, ShapesSegmentation
+
+    data = ShapesSegmentation(root=str(coco_split.parent), **SIZE).dataset()
+    assert isinstance(data, SemanticMasks) and len(data) == 12
+    contract = registry().get("shapes_segmentation")
+    assert contract is not None and contract.is_source and not contract.module
+    assert [p.name for p in contract.outputs] == ["image", "mask"]
+    expected = generate_shapes(12, seed=3, **SIZE)
+    for (image, mask), sample in zip([data[i] for i in range(12)], expected, strict=True):
+        assert isinstance(image, tv_tensors.Image) and image.dtype == torch.float32
+        assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64 and mask.shape == (40, 56)
+        pixels = torch.from_numpy(sample.image).permute(2, 0, 1) / 255
+        torch.testing.assert_close(image.as_subclass(torch.Tensor), pixels)
+        np.testing.assert_array_equal(mask.numpy(), sample.semantic)
+    assert set(torch.cat([data[i][1].flatten() for i in range(12)]).unique().tolist()) == {0, 1, 2, 3}
+    images, masks = default_collate([data[0], data[1], data[2]])
+    env = {"B": 3, **SIZE}
+    for port, batch in zip(contract.outputs, (images, masks), strict=True):
+        assert list(batch.shape) == [d.value for d in evaluate_dims(parse_port_type(port.type).dims, env)]
+    assert images.dtype == torch.float32 and masks.dtype == torch.int64
+
+
+def test_segmentation_block_generates_the_split_that_shapes_coco_reads(tmp_path: Path) -> None:
+    from blocks.shapes import ShapesSegmentation
+
+    masks = ShapesSegmentation(root=str(tmp_path), split="val", generate=3, height=24, width=32, seed=1).dataset()
+    instances = ShapesCoco(root=str(tmp_path), split="val", height=24, width=32).dataset()
+    assert len(masks) == len(instances) == 3
+    for (_, mask), (_, target) in zip([masks[i] for i in range(3)], [instances[i] for i in range(3)], strict=True):
+        painted = (target["masks"].as_subclass(torch.Tensor).long() * target["labels"][:, None, None]).sum(0)
+        torch.testing.assert_close(mask.as_subclass(torch.Tensor), painted)
+
+
+def test_segmentation_block_errors_name_the_problem(tmp_path: Path, coco_split: Path) -> None:
+    from blocks.shapes import ShapesSegmentation
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'train' / 'semantic'}.*generate"):
+        ShapesSegmentation(root=str(tmp_path)).dataset()
+    with pytest.raises(ValueError, match="40×56 images but the block declares height=64, width=64"):
+        ShapesSegmentation(root=str(coco_split.parent)).dataset()
+
+
+def test_v2_transforms_move_the_mask_with_the_image(coco_split: Path) -> None:
+    """Geometric transforms draw their parameters once per sample: an image channel holding the mask ends up
+    exactly where the mask does (nearest-neighbour resampling for both)."""
+    from blocks.shapes import SemanticMasks
+
+    torch.manual_seed(0)
+    nearest = v2.InterpolationMode.NEAREST
+    transform = v2.Compose([
+        v2.RandomResizedCrop((40, 56), scale=(0.5, 1.0), interpolation=nearest),
+        v2.RandomHorizontalFlip(),
+        v2.RandomRotation(20, interpolation=nearest),
+        v2.RandomCrop((40, 56), padding=4),
+    ])  # fmt: skip
+    data = SemanticMasks(coco_split)
+    for index in range(len(data)):
+        image, mask = data[index]
+        tagged = image.clone()
+        tagged[0] = mask / 3  # a tv_tensors.Image still
+        out_image, out_mask = transform((tagged, mask))
+        assert isinstance(out_mask, tv_tensors.Mask) and out_mask.dtype == torch.int64 and out_mask.shape == (40, 56)
+        assert set(out_mask.unique().tolist()) <= {0, 1, 2, 3}
+        torch.testing.assert_close(out_image[0].as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor) / 3)
+    # A horizontal flip flips the mask exactly.
+    image, mask = data[0]
+    _, flipped_mask = v2.RandomHorizontalFlip(p=1)((image, mask))
+    torch.testing.assert_close(flipped_mask.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).flip(-1))
