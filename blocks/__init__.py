@@ -5,4 +5,16 @@ imported, whatever the import order elsewhere. ``python -m dagcv.registry`` writ
 ``blocks/manifest.json``, which the compiler reads without importing torch.
 """
 
-from blocks import backbones, data, generative, heads, layers, losses, rl, shapes  # noqa: F401
+from blocks import (  # noqa: F401
+    backbones,
+    data,
+    detection,
+    generative,
+    heads,
+    layers,
+    losses,
+    necks,
+    rl,
+    segmentation,
+    shapes,
+)
