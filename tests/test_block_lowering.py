@@ -13,7 +13,7 @@ from torch.distributions import Distribution
 from dagcv.compiler import compile_spec
 from dagcv.registry import Contract
 from dagcv.spec import parse_spec_text
-from dagcv.types import KINDS, parse_port_type
+from dagcv.types import KINDS, evaluate, parse_port_type
 from tests.blocks.test_contracts import EXAMPLE_PARAMS, EXAMPLE_SIZES, shipped_modules
 
 
@@ -23,12 +23,15 @@ def one_block_spec(contract: Contract, sizes: dict[str, Any]) -> str:
     for port in contract.inputs:
         ptype = parse_port_type(port.type)
         dims = []
+        env = {k: v for k, v in {**EXAMPLE_PARAMS.get(contract.name, {}), **sizes}.items() if type(v) is int}
         for d in ptype.dims:
             value = sizes.get(d.expr)
             if d.variadic:
                 dims += [str(v) for v in value]
+            elif d.expr == "B":
+                dims.append("B")
             else:
-                dims.append("B" if d.expr == "B" else str(value if value is not None else d.expr))
+                dims.append(str(value if value is not None else evaluate(d.expr, env).value))
         inputs.append(f"  in_{port.name}: {ptype.kind}[{', '.join(dims)}]")
         wires.append(f"{port.name}: in_{port.name}")
     params = "".join(f", {k}: {v!r}" for k, v in EXAMPLE_PARAMS.get(contract.name, {}).items())

@@ -8,7 +8,10 @@ import importlib
 import pytest
 
 FAMILY_MODULES = ["blocks.layers", "blocks.backbones", "blocks.heads", "blocks.losses", "blocks.rl",
-                  "blocks.generative"]  # fmt: skip
+                  "blocks.generative", "blocks.necks", "blocks.segmentation", "blocks.detection.transform",
+                  "blocks.detection.anchors", "blocks.detection.retinanet", "blocks.detection.rpn",
+                  "blocks.detection.roi_heads", "blocks.detection.fcos", "blocks.detection.ssd",
+                  "blocks.detection.yolo", "blocks.detection.detr"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", FAMILY_MODULES)

@@ -17,6 +17,7 @@ SMALL_SPECS = {  # spec -> the metric its evaluation logs
     "fasterrcnn_r18_shapes": "val/map_50",
     "yolo_grid": "val/map_50",
     "unet_shapes": "val/mean_iou",
+    "detr_tiny": "val/map_50",
 }
 
 
@@ -27,7 +28,7 @@ def test_dagcv_train_runs_a_small_spec_on_generated_coco_files(name, tmp_path) -
     sets = overrides(
         f"data.train.dataset.root={tmp_path / 'data'}", f"data.val.dataset.root={tmp_path / 'data'}",
         "data.train.dataset.generate=16", "data.val.dataset.generate=8", "data.train.batch_size=4",
-        "data.val.batch_size=4", "train.steps=4", "train.threads=1", "train.log_every=2",
+        "data.val.batch_size=4", "train.epochs=null", "train.steps=4", "train.threads=1", "train.log_every=2",
     )  # fmt: skip
     trained = dagcv("train", str(spec), *sets, "--run-dir", str(tmp_path / "run"), "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
