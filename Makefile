@@ -50,6 +50,7 @@ images: setup
 	$(VENV)/bin/dagcv render specs/lenet_mnist.yaml -o docs/img/lenet_mnist.svg
 	$(VENV)/bin/dagcv render specs/vqvae_mnist.yaml -o docs/img/vqvae_mnist.svg
 	$(VENV)/bin/dagcv render specs/resnet18_classifier.yaml --depth 1 -o docs/img/resnet18_classifier_depth1.svg
+	$(VENV)/bin/dagcv render specs/retinanet_r50_fpn.yaml -o docs/img/retinanet_r50_fpn.svg
 
 bench: setup
 	$(PY) tools/bench_overhead.py

@@ -17,6 +17,7 @@ from blocks.detection.detr import (
     sine_position_encoding,
 )
 from dagcv.registry import registry
+from tests.detection.overfit import overfit_map50, shapes_batch, single_threaded
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "detr_tiny.yaml"
 
@@ -148,46 +149,21 @@ def test_spec_compiles_with_the_backbone_c5_and_both_modes_run(tmp_path: Path) -
     assert len(detections) == 2 and detections[0]["boxes"].shape == (10, 4)
 
 
-def shapes_batch(root: Path, n: int) -> tuple[torch.Tensor, list[dict]]:
-    from blocks.shapes import CocoInstances, ShapesCoco
-
-    data = ShapesCoco(root=str(root), generate=n, height=64, width=64).dataset()
-    return CocoInstances.collate_fn([data[i] for i in range(n)])
-
-
 @pytest.mark.slow
 def test_tiny_detr_overfits_eight_images(tmp_path: Path) -> None:
     """100 full-batch AdamW steps on 8 images, then COCO mAP@0.5 on the same images (about 2 minutes, 1 thread)."""
-    from torchmetrics.detection import MeanAveragePrecision
-
     from dagcv.compiler import compile_file
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
+    def run() -> float:
         torch.manual_seed(0)
         compiled = compile_file(SPEC)
         weights = compiled.built.sg.spec.train["losses"]  # DETR's 1 : 5 : 2
         images, targets = shapes_batch(tmp_path, 8)
-        model = compiled.module
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-        model.train()
-        for _ in range(100):
-            losses = model(image=images, targets=targets)
-            loss = sum(weights[name] * value for name, value in losses.items())
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        with torch.no_grad():
-            detections = model.eval()(image=images)["detections"]
-        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
-        plain = [{"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]} for t in targets]
-        metric.update(detections, plain)
-        map_50 = metric.compute()["map_50"].item()
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
-    print(f"tiny DETR overfit: mAP@0.5 = {map_50:.3f} after 100 steps in {elapsed:.0f} s")
+        optimizer = torch.optim.AdamW(compiled.module.parameters(), lr=1e-3, weight_decay=1e-4)
+        return overfit_map50(compiled.module, images, targets, steps=100, optimizer=optimizer, weights=weights,
+                             clip=1.0)  # fmt: skip
+
+    start = time.perf_counter()
+    map_50 = single_threaded(run)
+    print(f"tiny DETR overfit: mAP@0.5 = {map_50:.3f} after 100 steps in {time.perf_counter() - start:.0f} s")
     assert map_50 >= 0.9

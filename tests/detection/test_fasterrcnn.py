@@ -21,6 +21,7 @@ from torchvision.ops import roi_align, roi_pool
 
 import blocks.detection.roi_heads
 from blocks.detection.roi_heads import MultiScaleRoiAlign, RoiAlign, RoiPool, RoiSampler
+from tests.detection.overfit import overfit_map50, shapes_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -320,27 +321,25 @@ def test_fasterrcnn_spec_has_torchvision_defaults() -> None:
 def test_small_shapes_detector_overfits_eight_images(tmp_path: Path) -> None:
     """specs/fasterrcnn_r18_shapes.yaml learns: 80 full-batch SGD steps on 8 images, then COCO mAP@0.5 on them
     (about 2 minutes on one thread)."""
-    from torchmetrics.detection import MeanAveragePrecision
-
-    from blocks.shapes import CocoInstances, ShapesCoco
     from dagcv.compiler import compile_file
 
     torch.manual_seed(0)
     model = compile_file(ROOT / "specs" / "fasterrcnn_r18_shapes.yaml").module
-    data = ShapesCoco(root=str(tmp_path), generate=8, height=64, width=64).dataset()
-    images, targets = CocoInstances.collate_fn([data[i] for i in range(8)])
+    images, targets = shapes_batch(tmp_path, 8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
-    model.train()
-    for _ in range(80):
-        losses = model(image=images, targets=targets)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-    with torch.no_grad():
-        detections = model.eval()(image=images)["detections"]
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
-    metric.update(detections, [{"boxes": t["boxes"].as_subclass(Tensor), "labels": t["labels"]} for t in targets])
-    map_50 = metric.compute()["map_50"].item()
+    map_50 = overfit_map50(model, images, targets, steps=80, optimizer=optimizer, clip=10.0)
     print(f"fasterrcnn_r18_shapes overfit: mAP@0.5 = {map_50:.3f} after 80 steps")
     assert map_50 >= 0.9
+
+
+@pytest.mark.slow
+def test_tiny_shapes_detector_overfits_eight_images(tmp_path: Path) -> None:
+    """specs/fasterrcnn_tiny_shapes.yaml (the benchmark's two-stage detector) learns the same way."""
+    from dagcv.compiler import compile_file
+
+    torch.manual_seed(0)
+    model = compile_file(ROOT / "specs" / "fasterrcnn_tiny_shapes.yaml").module
+    images, targets = shapes_batch(tmp_path, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    map_50 = overfit_map50(model, images, targets, steps=80, optimizer=optimizer, clip=10.0)
+    assert map_50 >= 0.9, f"fasterrcnn_tiny_shapes overfit: mAP@0.5 = {map_50:.3f} after 80 steps"

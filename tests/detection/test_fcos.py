@@ -22,6 +22,7 @@ import blocks.detection.fcos
 from blocks.detection.fcos import FCOSHead, FCOSLoss, FCOSPostprocess, fcos_match
 from dagcv.compiler import compile_spec
 from dagcv.spec import load_spec
+from tests.detection.overfit import overfit_map50, shapes_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
@@ -179,3 +180,17 @@ def test_postprocess_keeps_per_level_topk() -> None:
         {"0": torch.zeros(1, 1, 2, 2), "1": torch.zeros(1, 1, 1, 1)}, torch.tensor([[16, 16]]),
     )  # fmt: skip
     assert len(out[0]["boxes"]) == 3 + 2  # 3 of level 0's 8 candidates, both of level 1's
+
+
+@pytest.mark.slow
+def test_tiny_shapes_fcos_overfits_eight_images(tmp_path: Path) -> None:
+    """specs/fcos_tiny_shapes.yaml (the benchmark's one-stage detector) learns: full-batch Adam steps on 8 images,
+    then COCO mAP@0.5 on them."""
+    from dagcv.compiler import compile_file
+
+    torch.manual_seed(0)
+    model = compile_file(ROOT / "specs" / "fcos_tiny_shapes.yaml").module
+    images, targets = shapes_batch(tmp_path, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    map_50 = overfit_map50(model, images, targets, steps=100, optimizer=optimizer, clip=10.0)
+    assert map_50 >= 0.9, f"fcos_tiny_shapes overfit: mAP@0.5 = {map_50:.3f} after 100 steps"

@@ -14,7 +14,8 @@ from tests.train.test_runner import dagcv, overrides
 
 SMALL_SPECS = {  # spec -> the metric its evaluation logs
     "retinanet_r18_shapes": "val/map_50",
-    "fasterrcnn_r18_shapes": "val/map_50",
+    "fasterrcnn_tiny_shapes": "val/map_50",
+    "fcos_tiny_shapes": "val/map_50",
     "yolo_grid": "val/map_50",
     "unet_shapes": "val/mean_iou",
     "detr_tiny": "val/map_50",
