@@ -35,7 +35,7 @@ def one_batch(compiled, batch: int = 8, root=None) -> dict[str, torch.Tensor]:
         from dagcv.train.data import SplitLoader, build_dataset
 
         split = split.model_copy(update={"dataset": {**split.dataset, "root": str(root), "generate": batch},
-                                         "batch_size": batch, "transforms": []})  # fmt: skip
+                                         "batch_size": batch, "transforms": [], "subset": None})  # fmt: skip
         loader = SplitLoader(build_dataset(sg, split), split, sg.training.fields["train"], seed=0, rank=0,
                              world=1, train=False)  # fmt: skip
         return next(iter(loader.epoch(0)))
