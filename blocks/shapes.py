@@ -259,13 +259,61 @@ class CocoInstances(Dataset[tuple[Tensor, dict[str, Any]]]):
         return torch.stack([image for image, _ in batch]), [target for _, target in batch]
 
 
+class _ShapesSplit:
+    """What both shapes dataset blocks share: their parameters, writing a missing split, and checking it."""
+
+    block = ""  # the registered name, for messages
+
+    def __init__(
+        self, *, root: str, split: str = "train", generate: int = 0, height: int = 64, width: int = 64, seed: int = 0
+    ) -> None:
+        self.root = root
+        self.split = split
+        self.generate = generate
+        self.height = height
+        self.width = width
+        self.seed = seed
+
+    def _generated_split(self) -> Path:
+        """The split folder, written by ``write_coco`` first when it is missing and ``generate > 0``."""
+        folder = Path(self.root) / self.split
+        if not folder.exists() and self.generate > 0:
+            try:
+                write_coco(self.root, self.generate, height=self.height, width=self.width, seed=self.seed,
+                           split=self.split)  # fmt: skip
+            except OSError:
+                if not folder.exists():  # not a concurrent writer that finished first
+                    raise
+        return folder
+
+    def _missing(self, what: str) -> None:
+        raise FileNotFoundError(f"{self.block}: {what}. Set generate: N (N > 0) to write N synthetic images there.")
+
+    def _check_sizes(self, sizes: set[tuple[int, int]], where: Path) -> None:
+        if sizes - {(self.height, self.width)}:
+            found = ", ".join(f"{h}×{w}" for h, w in sorted(sizes))
+            raise ValueError(
+                f"{self.block}: {where} holds {found} images but the block declares height={self.height}, "
+                f"width={self.width}; set them to match or use another root"
+            )
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+def _located(path: Path) -> str:
+    """``path``, saying what a relative path is relative to."""
+    return str(path) if path.is_absolute() else f"{path} (relative to the working directory {Path.cwd()})"
+
+
 @register_block(
     "shapes_coco",
     family="data",
     module=False,
     outputs={"image": "Image[B, 3, height, width]", "targets": "Targets"},
 )
-class ShapesCoco:
+class ShapesCoco(_ShapesSplit):
     """Synthetic squares, circles and triangles (classes 1–3) from a COCO folder, generated on demand.
 
     Reads ``<root>/<split>/annotations/instances.json`` and its images with ``pycocotools``; samples are
@@ -290,49 +338,20 @@ class ShapesCoco:
     """
 
     num_classes = len(CLASSES) + 1  # with the background
-
-    def __init__(
-        self, *, root: str, split: str = "train", generate: int = 0, height: int = 64, width: int = 64, seed: int = 0
-    ) -> None:
-        self.root = root
-        self.split = split
-        self.generate = generate
-        self.height = height
-        self.width = width
-        self.seed = seed
+    block = "shapes_coco"
 
     def annotation_file(self) -> Path:
         return Path(self.root) / self.split / "annotations" / "instances.json"
 
     def dataset(self) -> CocoInstances:
         """Generate the split if asked and missing, then index it (images are decoded per sample)."""
-        folder = Path(self.root) / self.split
-        if not folder.exists() and self.generate > 0:
-            try:
-                write_coco(self.root, self.generate, height=self.height, width=self.width, seed=self.seed,
-                           split=self.split)  # fmt: skip
-            except OSError:
-                if not folder.exists():  # not a concurrent writer that finished first
-                    raise
+        folder = self._generated_split()
         path = self.annotation_file()
         if not path.is_file():
-            where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
-            raise FileNotFoundError(
-                f"shapes_coco: missing {path}{where}. Set generate: N (N > 0) to write N synthetic images there."
-            )
+            self._missing(f"missing {_located(path)}")
         data = CocoInstances(folder)
-        sizes = {(img["height"], img["width"]) for img in data.coco.imgs.values()}
-        if sizes - {(self.height, self.width)}:
-            found = ", ".join(f"{h}×{w}" for h, w in sorted(sizes))
-            raise ValueError(
-                f"shapes_coco: {path} holds {found} images but the block declares height={self.height}, "
-                f"width={self.width}; set them to match or use another root"
-            )
+        self._check_sizes({(img["height"], img["width"]) for img in data.coco.imgs.values()}, path)
         return data
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"ShapesCoco({args})"
 
 
 class SemanticMasks(Dataset[tuple[Tensor, Tensor]]):
@@ -380,7 +399,7 @@ class SemanticMasks(Dataset[tuple[Tensor, Tensor]]):
     module=False,
     outputs={"image": "Image[B, 3, height, width]", "mask": "Labels[B, height, width]"},
 )
-class ShapesSegmentation:
+class ShapesSegmentation(_ShapesSplit):
     """Synthetic shapes for semantic segmentation: images and their class-id masks, generated on demand.
 
     Reads ``<root>/<split>/images/*.png`` and ``<root>/<split>/semantic/*.png`` as ``SemanticMasks`` describes:
@@ -405,43 +424,14 @@ class ShapesSegmentation:
     """
 
     num_classes = len(CLASSES) + 1  # with the background
-
-    def __init__(
-        self, *, root: str, split: str = "train", generate: int = 0, height: int = 64, width: int = 64, seed: int = 0
-    ) -> None:
-        self.root = root
-        self.split = split
-        self.generate = generate
-        self.height = height
-        self.width = width
-        self.seed = seed
+    block = "shapes_segmentation"
 
     def dataset(self) -> SemanticMasks:
         """Generate the split if asked and missing, then decode every image and mask of it."""
-        folder = Path(self.root) / self.split
-        if not folder.exists() and self.generate > 0:
-            try:
-                write_coco(self.root, self.generate, height=self.height, width=self.width, seed=self.seed,
-                           split=self.split)  # fmt: skip
-            except OSError:
-                if not folder.exists():  # not a concurrent writer that finished first
-                    raise
+        folder = self._generated_split()
         semantic = folder / "semantic"
         if not semantic.is_dir() or not any(semantic.glob("*.png")):
-            where = "" if semantic.is_absolute() else f" (relative to the working directory {Path.cwd()})"
-            raise FileNotFoundError(
-                f"shapes_segmentation: no masks in {semantic}{where}. Set generate: N (N > 0) to write N synthetic "
-                "images there."
-            )
+            self._missing(f"no masks in {_located(semantic)}")
         data = SemanticMasks(folder)
-        if data.sizes != [(self.height, self.width)]:
-            found = ", ".join(f"{h}×{w}" for h, w in data.sizes)
-            raise ValueError(
-                f"shapes_segmentation: {folder} holds {found} images but the block declares height={self.height}, "
-                f"width={self.width}; set them to match or use another root"
-            )
+        self._check_sizes(set(data.sizes), folder)
         return data
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"ShapesSegmentation({args})"
