@@ -27,6 +27,7 @@ from blocks.shapes import ShapesSegmentation
 from dagcv.compiler import compile_spec
 from dagcv.spec import load_spec
 from tests.conftest import ROOT
+from tests.parity import max_diff
 
 SMALL = ["sizes.H=64", "sizes.W=64"]
 
@@ -49,10 +50,6 @@ def renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         prefix = next(p for p in KEY_MAP if key.startswith(p))
         out[KEY_MAP[prefix] + key[len(prefix) :]] = value
     return out
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("spec", sorted(PARITY))

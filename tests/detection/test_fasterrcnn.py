@@ -22,6 +22,7 @@ from torchvision.ops import roi_align, roi_pool
 import blocks.detection.roi_heads
 from blocks.detection.roi_heads import MultiScaleRoiAlign, RoiAlign, RoiPool, RoiSampler
 from tests.detection.overfit import overfit_map50, shapes_batch
+from tests.parity import max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,11 +173,6 @@ def example_batch(height: int = SIZE, width: int = 80) -> tuple[Tensor, list[dic
 
 def load_into_spec(tv: nn.Module, spec: nn.Module) -> None:
     spec.load_state_dict(renamed_state_dict(tv.state_dict()), strict=True)
-
-
-def max_diff(a: Tensor, b: Tensor) -> float:
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-    return 0.0 if a.numel() == 0 else (a.double() - b.double()).abs().max().item()
 
 
 def compare_eval(tv: nn.Module, spec: nn.Module, images: Tensor, keys: tuple[str, ...]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from blocks.detection.fcos import FCOSHead, FCOSLoss, FCOSPostprocess, fcos_matc
 from dagcv.compiler import compile_spec
 from dagcv.spec import load_spec
 from tests.detection.overfit import overfit_map50, shapes_batch
+from tests.parity import max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
@@ -71,11 +72,6 @@ def fcos_pair() -> tuple[nn.Module, nn.Module]:
     assert len(state) == len(tv.state_dict())
     spec.load_state_dict(state, strict=True)
     return tv, spec
-
-
-def max_diff(a: Tensor, b: Tensor) -> float:
-    assert a.shape == b.shape and a.dtype == b.dtype
-    return 0.0 if a.numel() == 0 else (a.double() - b.double()).abs().max().item()
 
 
 def test_fcos_eval_matches_torchvision(fcos_pair: tuple[nn.Module, nn.Module]) -> None:

@@ -25,6 +25,7 @@ from blocks.shapes import CocoInstances, ShapesCoco
 from dagcv.compiler import compile_spec
 from dagcv.render import render_spec, write_rendering
 from dagcv.spec import load_spec
+from tests.parity import max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "retinanet_r50_fpn.yaml"
@@ -98,11 +99,6 @@ def test_the_spec_builds_torchvisions_trunk() -> None:
         want_types = [type(m) for m in reference.get_submodule(module).modules()][1:]
         assert [type(m) for m in ours.get_submodule(node).modules()][1:] == want_types
     assert {rename(k) for k in reference.state_dict()} == set(ours.state_dict())
-
-
-def max_diff(a: Tensor, b: Tensor) -> float:
-    assert a.shape == b.shape and a.dtype == b.dtype
-    return 0.0 if a.numel() == 0 else (a.double() - b.double()).abs().max().item()
 
 
 def test_eval_detections_match_torchvision(pair) -> None:

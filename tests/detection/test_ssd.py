@@ -24,6 +24,7 @@ import blocks.detection.ssd
 from blocks.detection.ssd import SSDLITE_CHANNELS, DefaultBoxGenerator, SSDLiteHead, SSDLoss, ssdlite_mobilenet_v3_large
 from dagcv.compiler import compile_spec
 from dagcv.spec import load_spec
+from tests.parity import max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
@@ -54,11 +55,6 @@ def ssd_pair() -> tuple[nn.Module, nn.Module]:
     assert list(spec.state_dict()) == list(tv.state_dict())
     spec.load_state_dict(tv.state_dict(), strict=True)
     return tv, spec
-
-
-def max_diff(a: Tensor, b: Tensor) -> float:
-    assert a.shape == b.shape and a.dtype == b.dtype
-    return 0.0 if a.numel() == 0 else (a.double() - b.double()).abs().max().item()
 
 
 def test_ssdlite_eval_matches_torchvision(ssd_pair: tuple[nn.Module, nn.Module]) -> None:
