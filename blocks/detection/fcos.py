@@ -22,6 +22,7 @@ from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSRegres
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from blocks.detection.postprocess import DensePostprocess
 from dagcv.registry import register_block
 
 _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor", "bbox_ctrness": "Logits"}
@@ -218,7 +219,7 @@ class FCOSLoss(nn.Module):
     outputs={"detections": "Detections"},
     default_mode="eval",
 )
-class FCOSPostprocess(nn.Module):
+class FCOSPostprocess(DensePostprocess):
     """Detections from FCOS's head outputs, in the frame of the transformed (resized) images.
 
     Per image and level: score every (point, class) by ``sqrt(sigmoid(class logit) · sigmoid(centre-ness))``,
@@ -250,11 +251,12 @@ class FCOSPostprocess(nn.Module):
         detections_per_img: int = 100,
         topk_candidates: int = 1000,
     ) -> None:
-        super().__init__()
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
-        self.topk_candidates = topk_candidates
+        super().__init__(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            topk_candidates=topk_candidates,
+        )
         self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
 
     def forward(
@@ -277,9 +279,7 @@ class FCOSPostprocess(nn.Module):
                 strict=True,
             )
             boxes, scores, labels = zip(*(self._level(*level, tuple(image_size)) for level in per_level), strict=True)
-            boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+            detections.append(self.suppress(boxes, scores, labels))
         return detections
 
     def _level(
@@ -287,16 +287,7 @@ class FCOSPostprocess(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The best-scoring (box, score, label) candidates of one level of one image."""
         num_classes = logits.shape[-1]
-        scores = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(ctrness)).flatten()
-        candidates = torch.where(scores > self.score_thresh)[0]
-        scores, order = scores[candidates].topk(min(self.topk_candidates, candidates.size(0)))
-        candidates = candidates[order]
+        scores, candidates = self.top_candidates(torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(ctrness)).flatten())
         point = torch.div(candidates, num_classes, rounding_mode="floor")
         boxes = self.box_coder.decode(regression[point], points[point])
         return box_ops.clip_boxes_to_image(boxes, image_size), scores, candidates % num_classes
-
-    def extra_repr(self) -> str:
-        return (
-            f"score_thresh={self.score_thresh}, nms_thresh={self.nms_thresh}, "
-            f"detections_per_img={self.detections_per_img}, topk_candidates={self.topk_candidates}"
-        )

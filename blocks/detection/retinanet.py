@@ -26,6 +26,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 
+from blocks.detection.postprocess import DensePostprocess
 from dagcv.registry import register_block
 
 _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor"}
@@ -191,7 +192,7 @@ def _sum(values: list[Tensor]) -> Tensor:
     outputs={"detections": "Detections"},
     default_mode="eval",
 )
-class RetinaPostprocess(nn.Module):
+class RetinaPostprocess(DensePostprocess):
     """Decode RetinaNet's outputs into per-image detections in the resized frame (evaluation).
 
     ``RetinaNet.postprocess_detections``: per level, keep the scores (sigmoid of every anchor×class logit) above
@@ -223,11 +224,12 @@ class RetinaPostprocess(nn.Module):
         detections_per_img: int = 300,
         topk_candidates: int = 1000,
     ) -> None:
-        super().__init__()
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
-        self.topk_candidates = topk_candidates
+        super().__init__(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            topk_candidates=topk_candidates,
+        )
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
 
     def forward(
@@ -265,18 +267,10 @@ class RetinaPostprocess(nn.Module):
         for logits_per_level, deltas_per_level, anchors_per_level in zip(logits, deltas, anchors, strict=True):
             num_classes = logits_per_level.shape[-1]
             # Remove low scoring boxes, then keep only the top-k scoring candidates.
-            scores = torch.sigmoid(logits_per_level).flatten()
-            keep = scores > self.score_thresh
-            scores = scores[keep]
-            topk_idxs = torch.where(keep)[0]
-            num_topk = det_utils._topk_min(topk_idxs, self.topk_candidates, 0)
-            scores, idxs = scores.topk(num_topk)
-            topk_idxs = topk_idxs[idxs]
+            scores, topk_idxs = self.top_candidates(torch.sigmoid(logits_per_level).flatten())
             anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
             boxes = self.box_coder.decode_single(deltas_per_level[anchor_idxs], anchors_per_level[anchor_idxs])
             image_boxes.append(box_ops.clip_boxes_to_image(boxes, image_shape))
             image_scores.append(scores)
             image_labels.append(topk_idxs % num_classes)
-        boxes, scores, labels = torch.cat(image_boxes), torch.cat(image_scores), torch.cat(image_labels)
-        keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+        return self.suppress(image_boxes, image_scores, image_labels)

@@ -30,6 +30,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead as TvSSDLiteHead
 from torchvision.ops import boxes as box_ops
 
 from blocks.backbones import MobileNetV3Trunk, load_weights_file
+from blocks.detection.postprocess import DensePostprocess
 from dagcv.registry import register_block
 
 SSDLITE_CHANNELS = (672, 480, 512, 256, 256, 128)  # the six maps of ssdlite_mobilenet_v3_large (reduced tail)
@@ -278,7 +279,7 @@ class SSDLoss(nn.Module):
     outputs={"detections": "Detections"},
     default_mode="eval",
 )
-class SSDPostprocess(nn.Module):
+class SSDPostprocess(DensePostprocess):
     """Detections from SSD's head outputs, in the frame of the transformed images (torchvision's SSD rule).
 
     Per image: softmax over classes, decode and clip every box; per foreground class keep scores above
@@ -307,11 +308,12 @@ class SSDPostprocess(nn.Module):
         detections_per_img: int = 200,
         topk_candidates: int = 400,
     ) -> None:
-        super().__init__()
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
-        self.topk_candidates = topk_candidates
+        super().__init__(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            topk_candidates=topk_candidates,
+        )
         self.box_coder = ssd_box_coder()
 
     def forward(
@@ -325,20 +327,9 @@ class SSDPostprocess(nn.Module):
             boxes = box_ops.clip_boxes_to_image(self.box_coder.decode_single(deltas, points), tuple(size))
             kept_boxes, kept_scores, kept_labels = [], [], []
             for label in range(1, scores.size(-1)):  # class 0 is the background
-                score = scores[:, label]
-                keep = score > self.score_thresh
-                score, box = score[keep], boxes[keep]
-                score, best = score.topk(min(self.topk_candidates, score.size(0)))
-                kept_boxes.append(box[best])
+                score, best = self.top_candidates(scores[:, label])
+                kept_boxes.append(boxes[best])
                 kept_scores.append(score)
                 kept_labels.append(torch.full_like(score, fill_value=label, dtype=torch.int64))
-            all_boxes, all_scores, all_labels = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_labels)
-            keep = box_ops.batched_nms(all_boxes, all_scores, all_labels, self.nms_thresh)[: self.detections_per_img]
-            detections.append({"boxes": all_boxes[keep], "scores": all_scores[keep], "labels": all_labels[keep]})
+            detections.append(self.suppress(kept_boxes, kept_scores, kept_labels))
         return detections
-
-    def extra_repr(self) -> str:
-        return (
-            f"score_thresh={self.score_thresh}, nms_thresh={self.nms_thresh}, "
-            f"detections_per_img={self.detections_per_img}, topk_candidates={self.topk_candidates}"
-        )
