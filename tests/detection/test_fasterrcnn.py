@@ -7,7 +7,6 @@ compare evaluation outputs, training losses and gradients with the RNG fixed bef
 
 from __future__ import annotations
 
-import copy
 import doctest
 from collections import OrderedDict
 from pathlib import Path
@@ -22,7 +21,7 @@ from torchvision.ops import roi_align, roi_pool
 import blocks.detection.roi_heads
 from blocks.detection.roi_heads import MultiScaleRoiAlign, RoiAlign, RoiPool, RoiSampler
 from tests.detection.overfit import overfit_map50, shapes_batch
-from tests.parity import max_diff
+from tests.parity import detection_diffs, grad_diff, run_detectors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,14 +145,16 @@ FAST_OVERRIDES = [
 ]  # fmt: skip
 
 
+def spec_key(key: str) -> str:
+    """A torchvision detector's state_dict key under the spec's node names; every key must have a rule."""
+    prefix = next((p for p in KEY_MAP if key.startswith(p)), None)
+    assert prefix is not None, f"no key-map rule for {key}"
+    return KEY_MAP[prefix] + key[len(prefix) :]
+
+
 def renamed_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A torchvision detector's state_dict under the spec's node names; every key must have a rule."""
-    out = {}
-    for key, value in state.items():
-        prefix = next((p for p in KEY_MAP if key.startswith(p)), None)
-        assert prefix is not None, f"no key-map rule for {key}"
-        out[KEY_MAP[prefix] + key[len(prefix) :]] = value
-    return out
+    """A torchvision detector's state_dict under the spec's node names."""
+    return {spec_key(key): value for key, value in state.items()}
 
 
 def example_batch(height: int = SIZE, width: int = 80) -> tuple[Tensor, list[dict[str, Tensor]]]:
@@ -177,44 +178,21 @@ def load_into_spec(tv: nn.Module, spec: nn.Module) -> None:
 
 def compare_eval(tv: nn.Module, spec: nn.Module, images: Tensor, keys: tuple[str, ...]) -> dict[str, float]:
     """Max abs differences of each detection field over both images (the numbers of detections must agree)."""
-    tv.eval(), spec.eval()
-    with torch.no_grad():
-        torch.manual_seed(0)
-        want = tv(list(images))
-        torch.manual_seed(0)
-        got = spec(image=images)["detections"]
-    assert len(got) == len(want)
-    diffs = dict.fromkeys(keys, 0.0)
-    for g, w in zip(got, want, strict=True):
-        assert set(g) == set(w) == set(keys)
-        assert len(w["boxes"]) > 0
-        for k in keys:
-            diffs[k] = max(diffs[k], max_diff(g[k], w[k]))
-    return diffs
+    want, got = run_detectors(tv, spec, images, None, seed=0)
+    return detection_diffs(got, want, keys)
 
 
 def compare_train(
     tv: nn.Module, spec: nn.Module, images: Tensor, targets: list[dict[str, Tensor]]
 ) -> tuple[dict[str, float], float]:
     """Max abs differences of each loss, and of every parameter's gradient (matched through the key map)."""
-    tv.train(), spec.train()
-    torch.manual_seed(3)
-    want = tv(list(images), copy.deepcopy(targets))
-    torch.manual_seed(3)
-    outputs = spec(image=images, targets=copy.deepcopy(targets))
+    want, outputs = run_detectors(tv, spec, images, targets, seed=3)
     got = {k: v for k, v in outputs.items() if k.startswith("loss")}
     assert set(got) == set(want)
     loss_diffs = {k: abs(got[k].item() - want[k].item()) for k in want}
     sum(want.values()).backward()
     sum(got[k] for k in want).backward()
-    spec_params = dict(spec.named_parameters())
-    grad_diff = 0.0
-    for name, p in tv.named_parameters():
-        q = spec_params[renamed_state_dict({name: p}).popitem()[0]]
-        assert (p.grad is None) == (q.grad is None), name
-        if p.grad is not None:
-            grad_diff = max(grad_diff, max_diff(p.grad, q.grad))
-    return loss_diffs, grad_diff
+    return loss_diffs, grad_diff(tv, spec, spec_key)
 
 
 def compile_spec_fast(name: str, extra: list[str] | None = None) -> Any:

@@ -7,7 +7,6 @@ gradient must be identical, with the RNG fixed before each forward.
 
 from __future__ import annotations
 
-import copy
 import doctest
 from collections import OrderedDict
 from pathlib import Path
@@ -23,7 +22,7 @@ from blocks.detection.fcos import FCOSHead, FCOSLoss, FCOSPostprocess, fcos_matc
 from dagcv.compiler import compile_spec
 from dagcv.spec import load_spec
 from tests.detection.overfit import overfit_map50, shapes_batch
-from tests.parity import max_diff
+from tests.parity import detection_diffs, grad_diff, run_detectors
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
@@ -77,41 +76,22 @@ def fcos_pair() -> tuple[nn.Module, nn.Module]:
 def test_fcos_eval_matches_torchvision(fcos_pair: tuple[nn.Module, nn.Module]) -> None:
     tv, spec = fcos_pair
     images, _ = example_batch()
-    tv.eval(), spec.eval()
-    with torch.no_grad():
-        torch.manual_seed(1)
-        want = tv(list(images))
-        torch.manual_seed(1)
-        got = spec(image=images)["detections"]
-    assert len(got) == len(want) == 2
-    diffs = {"boxes": 0.0, "scores": 0.0, "labels": 0.0}
-    for g, w in zip(got, want, strict=True):
-        assert len(w["boxes"]) > 10, "score_thresh should leave detections to compare"
-        for key in diffs:
-            diffs[key] = max(diffs[key], max_diff(g[key], w[key]))
+    want, got = run_detectors(tv, spec, images, None, seed=1)
+    assert len(got) == 2
+    diffs = detection_diffs(got, want, ("boxes", "scores", "labels"), more_than=10)
     assert diffs == {"boxes": 0.0, "scores": 0.0, "labels": 0.0}
 
 
 def test_fcos_train_matches_torchvision(fcos_pair: tuple[nn.Module, nn.Module]) -> None:
     tv, spec = fcos_pair
     images, targets = example_batch()
-    tv.train(), spec.train()
     tv.zero_grad(), spec.zero_grad()
-    torch.manual_seed(3)
-    want = tv(list(images), copy.deepcopy(targets))
-    torch.manual_seed(3)
-    got = spec(image=images, targets=copy.deepcopy(targets))
+    want, got = run_detectors(tv, spec, images, targets, seed=3)
     assert set(got) == set(want) == {"classification", "bbox_regression", "bbox_ctrness"}
     assert {k: abs(got[k].item() - want[k].item()) for k in want} == dict.fromkeys(want, 0.0)
     sum(want.values()).backward()
     sum(got.values()).backward()
-    spec_params = dict(spec.named_parameters())
-    grad_diff = 0.0
-    for name, p in tv.named_parameters():
-        q = spec_params[spec_key(name)]
-        assert p.grad is not None and q.grad is not None, name
-        grad_diff = max(grad_diff, max_diff(p.grad, q.grad))
-    assert grad_diff == 0.0
+    assert grad_diff(tv, spec, spec_key) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------

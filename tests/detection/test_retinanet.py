@@ -25,7 +25,7 @@ from blocks.shapes import CocoInstances, ShapesCoco
 from dagcv.compiler import compile_spec
 from dagcv.render import render_spec, write_rendering
 from dagcv.spec import load_spec
-from tests.parity import max_diff
+from tests.parity import detection_diffs, grad_diff, max_diff, run_detectors
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "retinanet_r50_fpn.yaml"
@@ -104,46 +104,29 @@ def test_the_spec_builds_torchvisions_trunk() -> None:
 def test_eval_detections_match_torchvision(pair) -> None:
     reference, ours = pair
     images, _ = images_and_targets()
-    reference.eval(), ours.eval()
-    with torch.no_grad():
-        torch.manual_seed(1)
-        want = reference(list(images))
-        torch.manual_seed(1)
-        got = ours(image=images)["detections"]
-    assert len(got) == len(want) == 2
-    diffs = []
-    for g, w in zip(got, want, strict=True):
-        assert set(g) == set(w) == {"boxes", "scores", "labels"}
-        assert len(w["boxes"]) > 50  # score_thresh 0: full top-k, NMS and the per-image cut all at work
-        assert torch.equal(g["labels"], w["labels"])
-        diffs += [max_diff(g["boxes"], w["boxes"]), max_diff(g["scores"], w["scores"])]
-    print(f"retinanet eval parity: max |Δ| boxes/scores = {max(diffs):.3g}")
-    assert max(diffs) <= 1e-6
+    want, got = run_detectors(reference, ours, images, None, seed=1)
+    assert len(got) == 2
+    # score_thresh 0: full top-k, NMS and the per-image cut all at work
+    diffs = detection_diffs(got, want, ("boxes", "scores", "labels"), more_than=50)
+    print(f"retinanet eval parity: max |Δ| boxes/scores = {max(diffs['boxes'], diffs['scores']):.3g}")
+    assert diffs["labels"] == 0.0 and diffs["boxes"] <= 1e-6 and diffs["scores"] <= 1e-6
 
 
 def test_train_losses_and_gradients_match_torchvision(pair) -> None:
     reference, ours = pair
-    reference, ours = copy.deepcopy(reference).train(), copy.deepcopy(ours).train()
+    reference, ours = copy.deepcopy(reference), copy.deepcopy(ours)
     images, targets = images_and_targets()
-    torch.manual_seed(2)
-    want = reference(list(images), copy.deepcopy(targets))
-    torch.manual_seed(2)
-    got = ours(image=images, targets=copy.deepcopy(targets))
+    want, got = run_detectors(reference, ours, images, targets, seed=2)
     assert set(want) == {"classification", "bbox_regression"}
     loss_diff = max(max_diff(got[k], want[k]) for k in want)
     sum(want.values()).backward()
     sum(got[k] for k in want).backward()
-    ours_params = dict(ours.named_parameters())
-    grad_diff = 0.0
-    for name, param in reference.named_parameters():
-        mine = ours_params[rename(name)]
-        assert param.grad is not None and mine.grad is not None, name
-        grad_diff = max(grad_diff, max_diff(mine.grad, param.grad))
+    grads = grad_diff(reference, ours, rename)
     stats_diff = max(
         max_diff(ours.state_dict()[rename(k)].float(), v.float()) for k, v in reference.state_dict().items()
     )  # the batch-norm running statistics moved the same way
-    print(f"retinanet train parity: max |Δ| losses = {loss_diff:.3g}, gradients = {grad_diff:.3g}")
-    assert loss_diff <= 1e-6 and grad_diff <= 1e-6 and stats_diff <= 1e-6
+    print(f"retinanet train parity: max |Δ| losses = {loss_diff:.3g}, gradients = {grads:.3g}")
+    assert loss_diff <= 1e-6 and grads <= 1e-6 and stats_diff <= 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ images are enough.
 
 from __future__ import annotations
 
-import copy
 import doctest
 from collections import OrderedDict
 from pathlib import Path
@@ -24,7 +23,7 @@ import blocks.detection.ssd
 from blocks.detection.ssd import SSDLITE_CHANNELS, DefaultBoxGenerator, SSDLiteHead, SSDLoss, ssdlite_mobilenet_v3_large
 from dagcv.compiler import compile_spec
 from dagcv.spec import load_spec
-from tests.parity import max_diff
+from tests.parity import detection_diffs, grad_diff, run_detectors
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
@@ -60,42 +59,23 @@ def ssd_pair() -> tuple[nn.Module, nn.Module]:
 def test_ssdlite_eval_matches_torchvision(ssd_pair: tuple[nn.Module, nn.Module]) -> None:
     tv, spec = ssd_pair
     images, _ = example_batch()
-    tv.eval(), spec.eval()
-    with torch.no_grad():
-        torch.manual_seed(1)
-        want = tv(list(images))
-        torch.manual_seed(1)
-        got = spec(image=images)["detections"]
-    assert len(got) == len(want) == 2
-    diffs = {"boxes": 0.0, "scores": 0.0, "labels": 0.0}
-    for g, w in zip(got, want, strict=True):
-        assert len(w["boxes"]) > 10, "score_thresh should leave detections to compare"
-        for key in diffs:
-            diffs[key] = max(diffs[key], max_diff(g[key], w[key]))
+    want, got = run_detectors(tv, spec, images, None, seed=1)
+    assert len(got) == 2
+    diffs = detection_diffs(got, want, ("boxes", "scores", "labels"), more_than=10)
     assert diffs == {"boxes": 0.0, "scores": 0.0, "labels": 0.0}
 
 
 def test_ssdlite_train_matches_torchvision(ssd_pair: tuple[nn.Module, nn.Module]) -> None:
     tv, spec = ssd_pair
     images, targets = example_batch()
-    tv.train(), spec.train()
     tv.zero_grad(), spec.zero_grad()
-    torch.manual_seed(3)
-    want = tv(list(images), copy.deepcopy(targets))
-    torch.manual_seed(3)
-    got = spec(image=images, targets=copy.deepcopy(targets))
+    want, got = run_detectors(tv, spec, images, targets, seed=3)
     assert set(got) == set(want) == {"bbox_regression", "classification"}
     assert all(v.item() > 0 for v in want.values())
     assert {k: abs(got[k].item() - want[k].item()) for k in want} == dict.fromkeys(want, 0.0)
     sum(want.values()).backward()
     sum(got.values()).backward()
-    spec_params = dict(spec.named_parameters())
-    grad_diff = 0.0
-    for name, p in tv.named_parameters():
-        q = spec_params[name]
-        assert p.grad is not None and q.grad is not None, name
-        grad_diff = max(grad_diff, max_diff(p.grad, q.grad))
-    assert grad_diff == 0.0
+    assert grad_diff(tv, spec) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
