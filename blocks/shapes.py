@@ -263,6 +263,7 @@ class _ShapesSplit:
     """What both shapes dataset blocks share: their parameters, writing a missing split, and checking it."""
 
     block = ""  # the registered name, for messages
+    num_classes = len(CLASSES) + 1  # with the background
 
     def __init__(
         self, *, root: str, split: str = "train", generate: int = 0, height: int = 64, width: int = 64, seed: int = 0
@@ -337,7 +338,6 @@ class ShapesCoco(_ShapesSplit):
         (4, torch.Size([3, 32, 48]), [3, 2, 3], torch.Size([3, 32, 48]))
     """
 
-    num_classes = len(CLASSES) + 1  # with the background
     block = "shapes_coco"
 
     def annotation_file(self) -> Path:
@@ -423,7 +423,6 @@ class ShapesSegmentation(_ShapesSplit):
         (4, torch.Size([3, 32, 48]), torch.Size([32, 48]), torch.int64, [0, 2, 3])
     """
 
-    num_classes = len(CLASSES) + 1  # with the background
     block = "shapes_segmentation"
 
     def dataset(self) -> SemanticMasks:
