@@ -136,11 +136,12 @@ _SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Di
 
 def _binop(op: ast.operator, a: Dim, b: Dim, prec_a: int, prec_b: int) -> tuple[Dim, int]:
     kind = type(op)
+    prec = _PRECEDENCE[kind]
+    left = f"({a.text})" if prec_a < prec else a.text
+    right = f"({b.text})" if prec_b <= prec and not b.is_const else b.text
+    text = f"{left}{_SYMBOL[kind]}{right}"
     if a.runtime or b.runtime:
-        prec = _PRECEDENCE[kind]
-        left = f"({a.text})" if prec_a < prec else a.text
-        right = f"({b.text})" if prec_b <= prec and not b.is_const else b.text
-        return Dim.at_runtime(f"{left}{_SYMBOL[kind]}{right}"), prec
+        return Dim.at_runtime(text), prec
     if kind is ast.Add:
         value = a.value + b.value
     elif kind is ast.Sub:
@@ -157,12 +158,9 @@ def _binop(op: ast.operator, a: Dim, b: Dim, prec_a: int, prec_b: int) -> tuple[
         if a.value % b.value:
             raise ShapeError(f"{a.show()} is not divisible by {b.show()}")
         value = a.value // b.value
-    prec = _PRECEDENCE[kind]
     if a.is_const and b.is_const:
         return Dim.const(value), 3
-    left = f"({a.text})" if prec_a < prec else a.text
-    right = f"({b.text})" if prec_b <= prec and not b.is_const else b.text
-    return Dim(f"{left}{_SYMBOL[kind]}{right}", value), prec
+    return Dim(text, value), prec
 
 
 def rcnn_resize(size: int, height: int, width: int, min_size: int, max_size: int) -> int:
