@@ -40,9 +40,11 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Regenerate blocks/manifest.json and the JSON Schema after editing a block (tests fail while they are stale).
+# Regenerate blocks/manifest.json, dagcv/reserved_names.json and the JSON Schema after editing a block or the
+# lowered module's attributes (tests fail while they are stale).
 manifest: setup
 	$(PY) -m dagcv.registry
+	$(PY) -c "from dagcv.names import write_reserved_names as w; print('wrote', w())"
 	$(VENV)/bin/dagcv schema -o docs/dagcv.schema.json
 
 # The pictures in the README, drawn from the shipped specs.

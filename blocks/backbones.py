@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
+from annotated_types import Ge, Le
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from dagcv.registry import register_block
+from dagcv.registry import Size, register_block
 
 
 @register_block(
@@ -40,7 +41,7 @@ class LeNetFeatures(nn.Module):
         torch.Size([2, 16, 5, 5])
     """
 
-    def __init__(self, *, in_channels: int = 3) -> None:
+    def __init__(self, *, in_channels: Size = 3) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=5)
         self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
@@ -74,6 +75,8 @@ def load_weights_file(module: nn.Module, path: str, *, block: str, classifier_pr
 # Freezing and normalisation, as torchvision's detection backbones do it
 
 NormLayer = Literal["batch_norm", "frozen_batch_norm"]
+ResNetLayers = Annotated[int, Ge(0), Le(5)]  # conv1 and layer1-layer4
+MobileNetLayers = Annotated[int, Ge(0), Le(6)]  # its six stages
 
 
 def freeze_resnet_layers(trunk: nn.Module, trainable_layers: int) -> None:
@@ -160,7 +163,7 @@ def _resnet(
     return trunk
 
 
-_RESNET_IN = {"x": "Image[B, 3, H, W]"}
+_RESNET: dict[str, Any] = {"family": "backbone", "inputs": {"x": "Image[B, 3, H, W]"}, "checkpoints": ("weights",)}
 
 
 def _stages(channels: tuple[int, int, int, int], strides: tuple[int, int, int, int]) -> dict[str, str]:
@@ -173,9 +176,9 @@ def _stages(channels: tuple[int, int, int, int], strides: tuple[int, int, int, i
 _STRIDES = (4, 8, 16, 32)
 
 
-@register_block("resnet18", family="backbone", inputs=_RESNET_IN, outputs=_stages((64, 128, 256, 512), _STRIDES))
+@register_block("resnet18", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES))
 def resnet18(
-    *, weights: str | None = None, trainable_layers: int = 5, norm_layer: NormLayer = "batch_norm"
+    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
     """ResNet-18 trunk (torchvision layout): stages ``c2``-``c5`` with 64/128/256/512 channels, strides 4-32.
 
@@ -194,9 +197,9 @@ def resnet18(
     return _resnet("resnet18", tvm.resnet18, weights, trainable_layers, norm_layer)
 
 
-@register_block("resnet34", family="backbone", inputs=_RESNET_IN, outputs=_stages((64, 128, 256, 512), _STRIDES))
+@register_block("resnet34", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES))
 def resnet34(
-    *, weights: str | None = None, trainable_layers: int = 5, norm_layer: NormLayer = "batch_norm"
+    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
     """ResNet-34 trunk (torchvision layout): stages ``c2``-``c5`` with 64/128/256/512 channels, strides 4-32.
 
@@ -211,9 +214,9 @@ def resnet34(
     return _resnet("resnet34", tvm.resnet34, weights, trainable_layers, norm_layer)
 
 
-@register_block("resnet50", family="backbone", inputs=_RESNET_IN, outputs=_stages((256, 512, 1024, 2048), _STRIDES))
+@register_block("resnet50", **_RESNET, outputs=_stages((256, 512, 1024, 2048), _STRIDES))
 def resnet50(
-    *, weights: str | None = None, trainable_layers: int = 5, norm_layer: NormLayer = "batch_norm"
+    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
     """ResNet-50 trunk (torchvision layout, bottleneck blocks): stages ``c2``-``c5``, 256-2048 channels, strides 4-32.
 
@@ -231,11 +234,9 @@ def resnet50(
     return _resnet("resnet50", tvm.resnet50, weights, trainable_layers, norm_layer)
 
 
-@register_block(
-    "resnet50_os8", family="backbone", inputs=_RESNET_IN, outputs=_stages((256, 512, 1024, 2048), (4, 8, 8, 8))
-)
+@register_block("resnet50_os8", **_RESNET, outputs=_stages((256, 512, 1024, 2048), (4, 8, 8, 8)))
 def resnet50_os8(
-    *, weights: str | None = None, trainable_layers: int = 5, norm_layer: NormLayer = "batch_norm"
+    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
     """ResNet-50 trunk with output stride 8: ``layer3`` and ``layer4`` dilated instead of strided (FCN, DeepLabV3).
 
@@ -309,12 +310,11 @@ def _mobilenet(
 
 @register_block(
     "mobilenet_v3_large",
-    family="backbone",
-    inputs={"x": "Image[B, 3, H, W]"},
+    **_RESNET,
     outputs=_stages((24, 40, 80, 960), _STRIDES),
 )
 def mobilenet_v3_large(
-    *, weights: str | None = None, trainable_layers: int = 6, norm_layer: NormLayer = "batch_norm"
+    *, weights: str | None = None, trainable_layers: MobileNetLayers = 6, norm_layer: NormLayer = "batch_norm"
 ) -> MobileNetV3Trunk:
     """MobileNetV3-Large trunk (torchvision ``features``): ``c2``-``c5`` with 24/40/80/960 channels, strides 4-32.
 
@@ -338,12 +338,11 @@ def mobilenet_v3_large(
 
 @register_block(
     "mobilenet_v3_small",
-    family="backbone",
-    inputs={"x": "Image[B, 3, H, W]"},
+    **_RESNET,
     outputs=_stages((16, 24, 40, 576), _STRIDES),
 )
 def mobilenet_v3_small(
-    *, weights: str | None = None, trainable_layers: int = 6, norm_layer: NormLayer = "batch_norm"
+    *, weights: str | None = None, trainable_layers: MobileNetLayers = 6, norm_layer: NormLayer = "batch_norm"
 ) -> MobileNetV3Trunk:
     """MobileNetV3-Small trunk (torchvision ``features``): ``c2``-``c5`` with 16/24/40/576 channels, strides 4-32.
 
@@ -374,6 +373,7 @@ def mobilenet_v3_small(
         for level, mult, stride in ((2, 1, 4), (3, 2, 8), (4, 4, 16), (5, 8, 32))
     },
     infer={"in_channels": "C"},
+    requires={"width >= 2": "the stem has width // 2 channels"},
 )
 class TinyConvNet(nn.Module):
     """A plain conv-BN-ReLU trunk with the named stages of the big ones, small enough to train on a CPU in minutes.
@@ -392,7 +392,7 @@ class TinyConvNet(nn.Module):
         {'c2': (1, 8, 16, 12), 'c3': (1, 16, 8, 6), 'c4': (1, 32, 4, 3), 'c5': (1, 64, 2, 2)}
     """
 
-    def __init__(self, *, in_channels: int = 3, width: int = 32) -> None:
+    def __init__(self, *, in_channels: Size = 3, width: Size = 32) -> None:
         super().__init__()
         from torchvision.ops.misc import Conv2dNormActivation
 

@@ -30,7 +30,7 @@ import torchvision
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dagcv.registry import register_block
+from dagcv.registry import Size, register_block
 
 OFFLINE = "downloading is disabled (download: false): these machines have no network, so the files must be local"
 
@@ -401,7 +401,7 @@ class FakeData(_DatasetBlock):
     """
 
     def __init__(
-        self, *, size: int = 64, channels: int = 3, height: int = 32, width: int = 32, num_classes: int = 10,
+        self, *, size: Size = 64, channels: Size = 3, height: Size = 32, width: Size = 32, num_classes: Size = 10,
         seed: int = 0,
     ) -> None:  # fmt: skip
         for name, value in [("size", size), ("channels", channels), ("height", height), ("width", width),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dagcv.registry import register_block
+from dagcv.registry import Size, register_block
 
 
 @register_block(
@@ -35,7 +35,7 @@ class ConvEncoder(nn.Module):
         torch.Size([2, 16, 7, 7])
     """
 
-    def __init__(self, *, in_channels: int = 1, hidden_channels: int = 32, latent_dim: int = 16) -> None:
+    def __init__(self, *, in_channels: Size = 1, hidden_channels: Size = 32, latent_dim: Size = 16) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, hidden_channels, kernel_size=4, stride=2, padding=1)
         self.conv2 = nn.Conv2d(hidden_channels, hidden_channels, kernel_size=4, stride=2, padding=1)
@@ -76,7 +76,7 @@ class VectorQuantizer(nn.Module):
         (torch.Size([2, 16, 7, 7]), torch.Size([2, 7, 7]))
     """
 
-    def __init__(self, *, embedding_dim: int = 16, num_codes: int = 64, beta: float = 0.25) -> None:
+    def __init__(self, *, embedding_dim: Size = 16, num_codes: Size = 64, beta: float = 0.25) -> None:
         super().__init__()
         self.beta = beta
         self.codebook = nn.Parameter(torch.empty(num_codes, embedding_dim).uniform_(-1 / num_codes, 1 / num_codes))
@@ -121,7 +121,7 @@ class ConvDecoder(nn.Module):
         torch.Size([2, 1, 28, 28])
     """
 
-    def __init__(self, *, in_channels: int = 16, hidden_channels: int = 32, out_channels: int = 1) -> None:
+    def __init__(self, *, in_channels: Size = 16, hidden_channels: Size = 32, out_channels: Size = 1) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, hidden_channels, kernel_size=1)
         self.deconv1 = nn.ConvTranspose2d(hidden_channels, hidden_channels, kernel_size=4, stride=2, padding=1)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.layers import linear_stack, make_dropout, require_inferred, run_stack
-from dagcv.registry import register_block
+from dagcv.registry import Fraction, Size, register_block
 
 
 @register_block(
@@ -35,7 +35,12 @@ class MLPHead(nn.Module):
     """
 
     def __init__(
-        self, *, in_features: int | None = None, hidden: tuple[int, ...] = (), num_classes: int, dropout: float = 0.0
+        self,
+        *,
+        in_features: Size | None = None,
+        hidden: tuple[Size, ...] = (),
+        num_classes: Size,
+        dropout: Fraction = 0.0,
     ) -> None:
         super().__init__()
         in_features = require_inferred(in_features, "in_features", "mlp_head")
@@ -67,7 +72,7 @@ class GlobalPoolHead(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, *, in_channels: int | None = None, num_classes: int) -> None:
+    def __init__(self, *, in_channels: Size | None = None, num_classes: Size) -> None:
         super().__init__()
         self.fc = nn.Linear(require_inferred(in_channels, "in_channels", "global_pool_head"), num_classes)
 

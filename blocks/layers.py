@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dagcv.registry import register_block
+from dagcv.registry import Fraction, Size, register_block
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu}
 
@@ -85,11 +85,11 @@ class MLP(nn.Module):
     def __init__(
         self,
         *,
-        in_features: int | None = None,
-        hidden: tuple[int, ...] = (),
-        out_features: int,
+        in_features: Size | None = None,
+        hidden: tuple[Size, ...] = (),
+        out_features: Size,
         activation: Literal["relu", "tanh", "gelu"] = "relu",
-        dropout: float = 0.0,
+        dropout: Fraction = 0.0,
     ) -> None:
         super().__init__()
         in_features = require_inferred(in_features, "in_features", "mlp")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from dagcv.registry import register_block
+from dagcv.registry import Fraction, register_block
 
 Reduction = Literal["mean", "sum"]
 
@@ -49,7 +49,7 @@ class CrossEntropy(nn.Module):
     class_weights: Tensor | None
 
     def __init__(
-        self, *, label_smoothing: float = 0.0, class_weights: list[float] | None = None, ignore_index: int = -100
+        self, *, label_smoothing: Fraction = 0.0, class_weights: list[float] | None = None, ignore_index: int = -100
     ) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing

@@ -14,7 +14,7 @@ from torch import Tensor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from dagcv.registry import register_block
+from dagcv.registry import Size, register_block
 
 
 @register_block(
@@ -52,7 +52,7 @@ class FPN(FeaturePyramidNetwork):
     """
 
     def __init__(
-        self, *, c2_channels: int, c3_channels: int, c4_channels: int, c5_channels: int, out_channels: int = 256
+        self, *, c2_channels: Size, c3_channels: Size, c4_channels: Size, c5_channels: Size, out_channels: Size = 256
     ) -> None:
         super().__init__(
             in_channels_list=[c2_channels, c3_channels, c4_channels, c5_channels],
@@ -96,7 +96,7 @@ class FPNP3P7(FeaturePyramidNetwork):
         {'0': (1, 4, 32, 32), '1': (1, 4, 16, 16), '2': (1, 4, 8, 8), 'p6': (1, 4, 4, 4), 'p7': (1, 4, 2, 2)}
     """
 
-    def __init__(self, *, c3_channels: int, c4_channels: int, c5_channels: int, out_channels: int = 256) -> None:
+    def __init__(self, *, c3_channels: Size, c4_channels: Size, c5_channels: Size, out_channels: Size = 256) -> None:
         super().__init__(
             in_channels_list=[c3_channels, c4_channels, c5_channels],
             out_channels=out_channels,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from blocks.layers import linear_stack, require_inferred, run_stack
-from dagcv.registry import register_block
+from dagcv.registry import Size, register_block
 
 
 @register_block(
@@ -39,7 +39,7 @@ class CartPole:
 
     env_id = "CartPole-v1"
 
-    def __init__(self, *, max_episode_steps: int = 500) -> None:
+    def __init__(self, *, max_episode_steps: Size = 500) -> None:
         self.max_episode_steps = max_episode_steps
 
     def make(self) -> gym.Env:
@@ -105,7 +105,7 @@ class MLPPolicy(nn.Module):
     """
 
     def __init__(
-        self, *, in_features: int | None = None, num_actions: int | None = None, hidden: tuple[int, ...] = (64, 64)
+        self, *, in_features: Size | None = None, num_actions: Size | None = None, hidden: tuple[Size, ...] = (64, 64)
     ) -> None:
         super().__init__()
         in_features = require_inferred(in_features, "in_features", "mlp_policy")
@@ -136,7 +136,7 @@ class MLPCritic(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, *, in_features: int | None = None, hidden: tuple[int, ...] = (64, 64)) -> None:
+    def __init__(self, *, in_features: Size | None = None, hidden: tuple[Size, ...] = (64, 64)) -> None:
         super().__init__()
         self.layers = linear_stack([require_inferred(in_features, "in_features", "mlp_critic"), *hidden, 1])
         _orthogonal_init(self.layers, last_std=1.0)

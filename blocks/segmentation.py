@@ -24,7 +24,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead as TorchvisionFCNHead
 
 from blocks.layers import require_inferred
-from dagcv.registry import register_block
+from dagcv.registry import Size, register_block
 
 # ---------------------------------------------------------------------------------------------------------------
 # FCN and DeepLabV3: torchvision's heads
@@ -53,7 +53,7 @@ class FCNHead(TorchvisionFCNHead):
         torch.Size([2, 21, 8, 8])
     """
 
-    def __init__(self, *, in_channels: int | None = None, num_classes: int) -> None:
+    def __init__(self, *, in_channels: Size | None = None, num_classes: Size) -> None:
         super().__init__(require_inferred(in_channels, "in_channels", "fcn_head"), num_classes)
 
 
@@ -83,7 +83,7 @@ class DeepLabV3Head(DeepLabHead):
     """
 
     def __init__(
-        self, *, in_channels: int | None = None, num_classes: int, atrous_rates: tuple[int, ...] = (12, 24, 36)
+        self, *, in_channels: Size | None = None, num_classes: Size, atrous_rates: tuple[Size, ...] = (12, 24, 36)
     ) -> None:
         super().__init__(require_inferred(in_channels, "in_channels", "deeplabv3_head"), num_classes, atrous_rates)
 
@@ -113,7 +113,11 @@ class ASPP(TorchvisionASPP):
     """
 
     def __init__(
-        self, *, in_channels: int | None = None, atrous_rates: tuple[int, ...] = (12, 24, 36), out_channels: int = 256
+        self,
+        *,
+        in_channels: Size | None = None,
+        atrous_rates: tuple[Size, ...] = (12, 24, 36),
+        out_channels: Size = 256,
     ) -> None:
         super().__init__(require_inferred(in_channels, "in_channels", "aspp"), atrous_rates, out_channels)
 
@@ -158,11 +162,11 @@ class DeepLabV3PlusDecoder(nn.Module):
     def __init__(
         self,
         *,
-        in_channels: int | None = None,
-        low_level_in_channels: int | None = None,
-        num_classes: int,
-        low_level_channels: int = 48,
-        channels: int = 256,
+        in_channels: Size | None = None,
+        low_level_in_channels: Size | None = None,
+        num_classes: Size,
+        low_level_channels: Size = 48,
+        channels: Size = 256,
     ) -> None:
         super().__init__()
         in_channels = require_inferred(in_channels, "in_channels", "deeplabv3plus_decoder")
@@ -242,7 +246,7 @@ class UNetEncoder(nn.Module):
         {'s1': (8, 33, 48), 's2': (16, 16, 24), 's3': (32, 8, 12), 's4': (64, 4, 6), 'bottom': (128, 2, 3)}
     """
 
-    def __init__(self, *, in_channels: int | None = None, base_channels: int = 64) -> None:
+    def __init__(self, *, in_channels: Size | None = None, base_channels: Size = 64) -> None:
         super().__init__()
         widths = [base_channels * 2**i for i in range(len(_UNET_LEVELS))]
         in_channels = require_inferred(in_channels, "in_channels", "unet_encoder")
@@ -327,12 +331,12 @@ class UNetDecoder(nn.Module):
     def __init__(
         self,
         *,
-        s1_channels: int | None = None,
-        s2_channels: int | None = None,
-        s3_channels: int | None = None,
-        s4_channels: int | None = None,
-        bottom_channels: int | None = None,
-        num_classes: int,
+        s1_channels: Size | None = None,
+        s2_channels: Size | None = None,
+        s3_channels: Size | None = None,
+        s4_channels: Size | None = None,
+        bottom_channels: Size | None = None,
+        num_classes: Size,
         upsampling: Literal["transposed", "bilinear"] = "transposed",
     ) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ Each block's actual output shapes are checked against its declared contract.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,14 +55,26 @@ def build(sg: SpecGraph, *, propagate: bool = True) -> BuiltGraph:
         factory = sg.registry.implementation(contract.name)
         try:
             built.objects[name] = factory(**built.kwargs(name))
-        except (TypeError, ValueError, RuntimeError, FileNotFoundError) as exc:
-            raise SpecError.at(
-                sg.spec.source.key("blocks", name), f"building '{name}' ({contract.name}) failed: {exc}", node=name,
-                hint="check the block's parameters (`dagcv blocks " + contract.name + "`)",
-            ) from exc  # fmt: skip
+        except Exception as exc:  # the block refuses its arguments: the spec's mistake, at the block's line
+            raise block_error(sg, name, "building", exc) from exc
     if propagate:
         propagate_shapes(built)
     return built
+
+
+def block_error(sg: SpecGraph, node: str, doing: str, exc: BaseException) -> SpecError:
+    """A block's own exception as a diagnostic at its line, or at the parameter the message names."""
+    contract = sg.node(node)["contract"]
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if len(message) > 300:
+        message = message[:300] + "..."
+    smap = sg.spec.source
+    named = [p.name for p in contract.params if re.search(rf"\b{re.escape(p.name)}\b", message)]
+    given = [p for p in named if p in sg.spec.blocks[node].params] if node in sg.spec.blocks else []
+    span = smap.value("blocks", node, given[0]) if given else smap.key("blocks", node)
+    hint = f"check parameter '{(given or named)[0]}'" if named else "check the block's parameters"
+    return SpecError.at(span, f"{doing} '{node}' ({contract.name}) failed: {message}", node=node,
+                        hint=f"{hint} (`dagcv blocks {contract.name}`)")  # fmt: skip
 
 
 def example_value(kind: str, shape: list[int], device: str = "cpu") -> Any:
@@ -187,13 +200,18 @@ def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict, mode: str
     # block sizes it cannot use: such blocks run on real values.
     structured = any(p.parsed.kind in ("Boxes", "Detections") for p in contract.outputs)
     with torch.no_grad():
-        if structured or _is_small(module, args):
-            out = module(*[_realize(a) for a in args])
-        else:
-            try:
-                out = _meta_call(module, args)
-            except Exception:
+        try:
+            if structured or _is_small(module, args):
                 out = module(*[_realize(a) for a in args])
+            else:
+                try:
+                    out = _meta_call(module, args)
+                except Exception:
+                    out = module(*[_realize(a) for a in args])
+        except ContractError:
+            raise
+        except Exception as exc:  # the block fails on inputs of the checked shapes: its arguments do not fit them
+            raise block_error(sg, name, f"running ({mode} mode)", exc) from exc
     if len(ports) == 1:
         out = {ports[0]: out}
     elif not isinstance(out, dict) or set(out) != set(ports):

@@ -9,10 +9,14 @@ its contract infers (``in_channels = C``), then evaluates its output patterns. R
 from __future__ import annotations
 
 import ast
+import math
 
+from dagcv import rules
 from dagcv.errors import Span
+from dagcv.files import checkpoint_problem
 from dagcv.graph import INPUT_PORT, SpecGraph, _inside
-from dagcv.types import Dim, ShapeError, bind_shape, evaluate, evaluate_dims, format_shape, is_subkind
+from dagcv.limits import limits
+from dagcv.types import KINDS, Dim, ShapeError, bind_shape, evaluate, evaluate_dims, format_shape, is_subkind
 
 DEFAULT_SIZES = {"B": 2}
 
@@ -49,15 +53,26 @@ def _where(node: str, port: str, sg: SpecGraph) -> str:
 def input_shapes(sg: SpecGraph) -> None:
     """Spec inputs get concrete example dims from ``sizes:`` (``B`` defaults to 2)."""
     smap = sg.spec.source
+    cap = limits().dim_value
+    bad = {name for name, size in sg.spec.sizes.items() if not 0 < size <= cap}
     for name, size in sg.spec.sizes.items():
         if size <= 0:
             sg.error(f"example size of '{name}' must be positive, found {size}", smap.value("sizes", name))
+        elif size > cap:
+            sg.error(
+                f"example size of '{name}' is {size:,}, above the limit {cap:,}",
+                smap.value("sizes", name),
+                hint="example sizes only need to be large enough to check the shapes (see `dagcv --limit`)",
+            )
     env = _example_sizes(sg)
     for name, text in sg.spec.inputs.items():
         data = sg.node(name)
         port_type = data.get("type")
         if port_type is None or port_type.dims is None:
             data["shapes"] = {INPUT_PORT: None}
+            continue
+        if any(p.symbol in bad for p in port_type.dims):
+            data["poisoned"] = True  # its example size is already reported
             continue
         missing = [p.expr for p in port_type.dims if p.variadic or (p.symbol and p.symbol not in env)]
         if missing:
@@ -158,6 +173,36 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             return  # fmt: skip
     data["inferred"] = inferred
     data["shapes"] = shapes
+    values = {k: ([d.value for d in v] if isinstance(v, list) else v.value) for k, v in env.items()}
+    check_rules(sg, name, {**values, **params, **{k: v for k, v in inferred.items() if v is not None}})
+
+
+def check_rules(sg: SpecGraph, name: str, env: dict[str, object]) -> None:
+    """The block's own rules (``requires`` in its contract) over its parameters and input sizes."""
+    contract = sg.node(name)["contract"]
+    given = sg.spec.blocks[name].params if name in sg.spec.blocks else {}
+    for expr, why in contract.requires.items():
+        if rules.holds(expr, env) is False:
+            read = rules.names(expr)
+            shown = ", ".join(f"{n}={env[n]!r}" for n in read if n in env)
+            param = next((n for n in read if n in given), None)
+            span = sg.spec.source.value("blocks", name, param) if param else sg.node(name)["span"]
+            sg.error(f"'{name}' ({contract.name}) needs {expr}: {why}", span, node=name,
+                     hint=f"here {shown}" if shown else None)  # fmt: skip
+            return
+
+
+def check_checkpoints(sg: SpecGraph) -> None:
+    """Parameters that name a checkpoint (``weights``) name a file ``torch.load`` can read."""
+    for name in sg.blocks():
+        data = sg.node(name)
+        contract = data.get("contract")
+        for param in contract.checkpoints if contract else ():
+            path = data.get("params", {}).get(param)
+            problem = checkpoint_problem(path) if isinstance(path, str) else None
+            if problem is not None:
+                sg.error(f"'{name}.{param}': {problem}", sg.spec.source.value("blocks", name, param), node=name,
+                         hint=f"{param} names a local file written by torch.save (a state_dict)")  # fmt: skip
 
 
 def _absent_symbols(sg: SpecGraph, name: str, env: dict[str, object]) -> set[str]:
@@ -196,3 +241,97 @@ def _shape_error(sg: SpecGraph, node: str, src: str, edge: dict, shape: list[Dim
         notes.append((src_span, f"'{src}' is defined here"))
     sg.error(message, edge["span"], node=node, port=edge["dst_port"], notes=notes,
              hint="insert a block that adapts the shape, or change one of the two blocks")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resources: what the spec would cost, estimated from the checked shapes before anything is allocated
+
+# Families whose blocks hold weights; losses, post-processing, datasets and environments hold none.
+WEIGHTED_FAMILIES = frozenset(
+    "backbone neck head layer encoder quantizer decoder prior generator discriminator policy critic".split()
+)
+
+
+def _sizes(value: object) -> list[int]:
+    """Every positive integer inside a parameter value (lists of channels, nested anchor sizes)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value] if value > 0 else []
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in _sizes(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _sizes(v)]
+    return []
+
+
+def estimate_params(sg: SpecGraph, node: str) -> int:
+    """A size estimate of a block's weights from the sizes it is given and the sizes inferred for it.
+
+    Weights grow with the product of the widths a layer connects and with the number of layers: the estimate is
+    the largest given size squared times the number of given sizes, plus the largest inferred size (an input
+    width) times the largest given size. An MLP with ``hidden: [4096] * 10`` gets 4096² × 11 + ... for its 1.7e8
+    weights, a two-layer box head over 256×7×7 RoI features 1024² + 12544 × 1024 for its 1.4e7. It refuses
+    absurd sizes without importing the block; it is no parameter count (``dagcv compile`` prints that).
+    """
+    data = sg.node(node)
+    contract = data.get("contract")
+    if contract is None or not contract.module or contract.family not in WEIGHTED_FAMILIES:
+        return 0
+    given = _sizes([v for k, v in data.get("params", {}).items() if k not in contract.infer])
+    inferred = _sizes(list(data.get("inferred", {}).values()))
+    estimate = max(given) ** 2 * len(given) if given else 0
+    if inferred:
+        estimate += max(inferred) * max(given, default=1)
+    return estimate
+
+
+def activation_bytes(sg: SpecGraph, node: str) -> int:
+    """Bytes of a node's tensor outputs at the example sizes."""
+    total = 0
+    for port, dims in (sg.node(node).get("shapes") or {}).items():
+        kind = sg.out_type(node, port)
+        if dims is None or kind is None or not KINDS[kind.kind].tensor:
+            continue
+        total += math.prod(max(d.value, 0) for d in dims) * (8 if KINDS[kind.kind].dtype == "int64" else 4)
+    return total
+
+
+def check_resources(sg: SpecGraph) -> None:
+    """Refuse, before anything is built, a model whose estimated weights or activations pass the limits."""
+    cap = limits()
+    params = {n: estimate_params(sg, n) for n in sg.blocks()}
+    acts = {n: activation_bytes(sg, n) for n in sg.g.nodes}
+    for n in sg.g.nodes:
+        sg.node(n)["estimate"] = {"params": params.get(n, 0), "activation_bytes": acts[n]}
+    total_params, total_acts = sum(params.values()), sum(acts.values())
+    if total_params > cap.params:
+        worst = max(params, key=params.__getitem__)
+        sg.error(
+            f"the model would have about {_count(total_params)} parameters (a size estimate), above the limit "
+            f"{_count(cap.params)}; '{worst}' alone about {_count(params[worst])}",
+            sg.node(worst)["span"],
+            node=worst,
+            hint="check its sizes; to allow bigger models: dagcv --limit params=<n>",
+        )
+    if total_acts > cap.activation_gib * 2**30:
+        worst = max(acts, key=acts.__getitem__)
+        sg.error(f"the model's outputs at the example sizes would take about {_gib(total_acts)} of memory, above the "
+                 f"limit {cap.activation_gib:g} GiB; '{worst}' alone {_gib(acts[worst])}", sg.node(worst)["span"],
+                 node=worst, hint="check `sizes:` and the sizes of this block; to allow more: dagcv --limit "
+                 "activation_gib=<n>")  # fmt: skip
+
+
+def _count(n: int) -> str:
+    """``74,000`` or ``2.1e9``."""
+    if n < 10**6:
+        return f"{n:,}"
+    exponent = len(str(int(n))) - 1
+    return f"{n / 10**exponent:.2g}e{exponent}"
+
+
+def _gib(n: int) -> str:
+    gib = n / 2**30
+    if gib >= 100:
+        return f"{gib:,.0f} GiB"
+    return f"{gib:.3g} GiB" if n >= 2**28 else f"{n / 2**20:.3g} MiB"

@@ -37,13 +37,35 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
+def _set_limits(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    from dagcv.limits import Limits, limits, set_limits
+
+    if values:
+        try:
+            set_limits(Limits.parse(",".join(values), base=limits()))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dagcv")
+@click.option(
+    "--limit",
+    multiple=True,
+    metavar="NAME=VALUE",
+    expose_value=False,
+    callback=_set_limits,
+    help="Raise or lower a resource limit for this command, e.g. --limit params=5e9 (also $DAGCV_LIMITS).",
+)
 def main() -> None:
     """dagcv: typed block graphs for deep learning, checked before anything runs.
 
     Write a spec (YAML, or the .dagcv DSL), then: `dagcv check` it, `dagcv render` it, `dagcv compile` it to a
     plain PyTorch module, and `dagcv train` it. `dagcv blocks` lists the blocks you can use.
+
+    A spec is untrusted input: whatever a file holds, dagcv answers with positioned errors (exit 2), never runs
+    code from it, and refuses sizes beyond its limits (file size, nesting, integers, dims, estimated parameters
+    and activation memory; see --limit).
     """
 
 
@@ -338,6 +360,8 @@ def schema(output: Path | None) -> None:
 
 
 def _describe(c) -> str:
+    from dagcv.registry import readable_annotation
+
     lines = [
         f"{c.name}  ({c.family})",
         f"  {c.doc}",
@@ -354,7 +378,7 @@ def _describe(c) -> str:
     for p in c.params:
         default = "required" if p.required else f"default {json.dumps(p.default)}"
         inferred = f"; inferred from {c.infer[p.name]}" if p.name in c.infer else ""
-        lines.append(f"    {p.name}: {p.annotation} ({default}{inferred})")
+        lines.append(f"    {p.name}: {readable_annotation(p.annotation)} ({default}{inferred})")
         if p.doc:
             lines.append(f"        {p.doc}")
     if not c.params:

@@ -22,11 +22,14 @@ STATIC_PASSES: list[Pass] = [
     graph.resolve_blocks,
     graph.connect,
     graph.check_outputs,
+    graph.check_argument_names,
     graph.check_acyclic,
     graph.check_modes,
     check.check_kinds,
     check.input_shapes,
     check.infer_shapes,
+    check.check_resources,
+    check.check_checkpoints,
     check_training,
 ]
 

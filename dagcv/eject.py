@@ -7,11 +7,15 @@ the same outputs. It is emitted from the same per-mode :class:`~dagcv.lower.Prog
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from dagcv import __version__
 from dagcv.build import BuiltGraph
 from dagcv.lower import Program, Value, class_name_for, make_program
+
+# The methods an ejected class may have: node names must not shadow them (dagcv.names derives its list from this).
+METHODS = ("forward", "forward_train", "forward_eval")
 
 
 def eject(built: BuiltGraph, source_name: str | None = None) -> str:
@@ -24,12 +28,13 @@ def eject(built: BuiltGraph, source_name: str | None = None) -> str:
         contract = sg.node(node)["contract"]
         mod, qualname = contract.target.split(":")
         imports.setdefault(mod, set()).add(qualname.split(".")[0])
-        args = ", ".join(f"{k}={_literal(v)}" for k, v in _explicit_kwargs(built, node).items())
+        args = ", ".join(f"{k}={py_literal(v)}" for k, v in _explicit_kwargs(built, node).items())
         lines_init.append(f"        self.{node} = {qualname}({args})")
     programs = {mode: make_program(sg, mode) for mode in ("train", "eval")}
     ports = {n: [p.name for p in sg.node(n)["contract"].outputs] for n in built.modules}
+    source = json.dumps(str(source_name or sg.spec.source.file))[1:-1]  # escaped: no quote can end the docstring
     out = [
-        f'"""{sg.spec.name}: ejected by dagcv {__version__} from {source_name or sg.spec.source.file}.',
+        f'"""{sg.spec.name}: ejected by dagcv {__version__} from {source}.',
         "",
         "Plain PyTorch, free to edit. Weights of the dagcv model load as they are:",
         f"    model = {name}(); model.load_state_dict(torch.load(path, weights_only=True))",
@@ -82,10 +87,26 @@ def _jsonable(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _literal(value: Any) -> str:
-    if isinstance(value, tuple):
-        value = list(value)
-    return repr(value)
+def py_literal(value: Any) -> str:
+    """Python source that evaluates to ``value`` (plain data), ``float('nan')`` and ``float('inf')`` included.
+
+    >>> py_literal({"a": [1.5, float("nan"), -float("inf")], "b": ("x", None)})
+    "{'a': [1.5, float('nan'), -float('inf')], 'b': ['x', None]}"
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "float('nan')" if math.isnan(value) else ("-" if value < 0 else "") + "float('inf')"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(py_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{py_literal(k)}: {py_literal(v)}" for k, v in value.items()) + "}"
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    raise TypeError(f"not plain data: {type(value).__name__}")
+
+
+def _key(name: str) -> str:
+    """A dict key in double quotes, as hand-written code has it; anything but an identifier goes through repr."""
+    return f'"{name}"' if name.isidentifier() else repr(name)
 
 
 def _params(*programs: Program) -> str:
@@ -110,12 +131,12 @@ def _method(name: str, program: Program, ports: dict[str, list[str]], only_used:
             return "None"
         if v in names:
             return names[v]
-        return f'{v.node}["{v.port}"]' if len(ports[v.node]) > 1 else v.node
+        return f"{v.node}[{_key(v.port)}]" if len(ports[v.node]) > 1 else v.node
 
     lines = [f"    def {name}(self, {params}):" if params else f"    def {name}(self):"]
     for step in program.steps:
         lines.append(f"        {step.node} = self.{step.node}({', '.join(ref(a) for a in step.args)})")
-    items = [f'"{k}": {ref(v)}' for k, v in program.outputs.items()]
+    items = [f"{_key(k)}: {ref(v)}" for k, v in program.outputs.items()]
     one_line = f"        return {{{', '.join(items)}}}"
     if len(one_line) <= 110:
         lines.append(one_line)

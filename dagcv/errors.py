@@ -12,8 +12,11 @@ like a compiler::
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # a tab stays a tab: carets count it as one
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,11 @@ class Diagnostic:
         }
 
     def format(self, sources: dict[str, str] | None = None) -> str:
-        """Render like a compiler: ``file:line:col: error: message``, the line, a caret and the hint."""
+        """Render like a compiler: ``file:line:col: error: message``, the line, a caret and the hint.
+
+        Control characters from the spec (terminal escape sequences, say) are shown as U+FFFD, one for one, so
+        that printing a diagnostic never lets a file drive the terminal and the caret stays under its column.
+        """
         head = f"{self.span}: {self.severity}: {self.message}" if self.span else f"{self.severity}: {self.message}"
         lines = [head, *_excerpt(self.span, sources)]
         for span, text in self.notes:
@@ -73,7 +80,7 @@ class Diagnostic:
             lines.extend(_excerpt(span, sources))
         if self.hint:
             lines.append(f"  = hint: {self.hint}")
-        return "\n".join(lines)
+        return "\n".join(_CONTROL.sub("\ufffd", line) for line in lines)
 
 
 def _excerpt(span: Span | None, sources: dict[str, str] | None) -> list[str]:

@@ -7,7 +7,6 @@ passes skip it instead of reporting the same mistake again in other words.
 
 from __future__ import annotations
 
-import keyword
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ import networkx as nx
 from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from dagcv.errors import Diagnostic, Span, did_you_mean
+from dagcv.names import identifier_problem
 from dagcv.registry import Contract, Registry, annotation_type
 from dagcv.spec.ir import Spec
 from dagcv.spec.parse import validation_diagnostics
@@ -22,19 +22,6 @@ from dagcv.types import KINDS, PortType, ShapeError, parse_port_type
 
 INPUT_PORT = "out"  # the one output port of a spec input
 MODES = {"train": {"train"}, "eval": {"eval"}, "both": {"train", "eval"}}
-
-# Attribute names of torch.nn.Module (checked against torch in the test suite): a node named like one of these
-# would shadow it in the lowered module.
-MODULE_ATTRIBUTES = frozenset(
-    "add_module apply bfloat16 buffers call_super_init children compile cpu cuda double dump_patches eval "
-    "extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict "
-    "modules mtia named_buffers named_children named_modules named_parameters parameters "
-    "register_backward_hook register_buffer register_forward_hook register_forward_pre_hook "
-    "register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook "
-    "register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook "
-    "register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smooth_l1 "
-    "state_dict to to_empty train training type xpu zero_grad code graph T_destination".split()
-)
 
 
 @dataclass
@@ -122,13 +109,13 @@ def _inside(span: Span | None, text: str, exc: ShapeError) -> Span | None:
     return span.shifted(exc.offset + (1 if quoted else 0), exc.length or 1)
 
 
-def check_name(sg: SpecGraph, name: str, span: Span | None, what: str) -> None:
-    if not name.isidentifier() or keyword.iskeyword(name):
-        sg.error(f"{what} name '{name}' is not a valid identifier", span, node=name,
-                 hint="names become Python attributes: use letters, digits and '_'")  # fmt: skip
-    elif name.startswith("_") or name in MODULE_ATTRIBUTES:
-        sg.error(f"{what} name '{name}' is reserved (it would shadow torch.nn.Module.{name})", span, node=name,
-                 hint=f"rename it, e.g. '{name.strip('_')}_block'")  # fmt: skip
+def check_name(sg: SpecGraph, name: str, span: Span | None, what: str, *, reserved: bool = True) -> bool:
+    """Whether ``name`` can be a Python name in generated code (reported as an error otherwise)."""
+    problem = identifier_problem(name, reserved)
+    if problem is not None:
+        message, hint = problem
+        sg.error(f"{what} name {message}", span, node=name if name in sg.g else None, hint=hint)
+    return problem is None
 
 
 def resolve_blocks(sg: SpecGraph) -> None:
@@ -366,9 +353,30 @@ def _check_required(sg: SpecGraph, node: str, contract: Contract) -> None:
                  hint=f"add `in: {{{wiring}}}` ({types})")  # fmt: skip
 
 
+def source_argument(node: str, port: str) -> str:
+    """The ``forward`` argument that carries a source block's run-time output (an env's observation)."""
+    return f"{node}_{port}"
+
+
+def check_argument_names(sg: SpecGraph) -> None:
+    """The arguments of ``forward`` for source blocks' outputs clash with no input and no node."""
+    for name in sg.blocks():
+        contract = sg.node(name).get("contract")
+        if contract is None or not contract.is_source:
+            continue
+        for port in contract.outputs:
+            arg = source_argument(name, port.name)
+            if arg in sg.g:
+                what = "input" if sg.node(arg)["kind"] == "input" else "block"
+                sg.error(f"{what} name '{arg}' clashes with the forward argument that carries {name}.{port.name}",
+                         sg.node(arg)["span"], node=arg, hint=f"rename the {what}")  # fmt: skip
+
+
 def check_outputs(sg: SpecGraph) -> None:
     smap = sg.spec.source
     for out, src in sg.spec.outputs.items():
+        if not check_name(sg, out, smap.key("outputs", out), "output", reserved=False):
+            continue
         ref = parse_ref(sg, src, smap.value("outputs", out), None)
         if ref is None:
             continue

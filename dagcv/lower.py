@@ -24,7 +24,7 @@ import torch
 from torch import fx, nn
 
 from dagcv.build import BuiltGraph
-from dagcv.graph import INPUT_PORT, MODES, SpecGraph
+from dagcv.graph import INPUT_PORT, MODES, SpecGraph, source_argument
 from dagcv.types import KINDS
 
 
@@ -76,7 +76,7 @@ def runtime_inputs(sg: SpecGraph) -> list[tuple[str, Value]]:
         if contract.is_source:
             for port in contract.outputs:
                 if not KINDS[port.parsed.kind].static:
-                    out.append((f"{name}_{port.name}", Value(name, port.name)))
+                    out.append((source_argument(name, port.name), Value(name, port.name)))
     return out
 
 

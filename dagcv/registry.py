@@ -32,10 +32,12 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import annotated_types as at
 
 from dagcv.types import PortType, parse_port_type
 
@@ -89,6 +91,8 @@ class Contract:
     infer: dict[str, str] = field(default_factory=dict)
     default_mode: str = "both"
     module: bool = True  # an nn.Module that becomes part of the lowered model
+    requires: dict[str, str] = field(default_factory=dict)  # rule expression -> why (dagcv.rules)
+    checkpoints: tuple[str, ...] = ()  # parameters that name a torch checkpoint file
 
     def input(self, name: str) -> PortDecl | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -111,6 +115,7 @@ class Contract:
             "inputs": [_port_json(p) for p in self.inputs],
             "outputs": [_port_json(p) for p in self.outputs],
             "params": [vars(p) for p in self.params], "infer": self.infer,
+            "requires": self.requires, "checkpoints": list(self.checkpoints),
         }  # fmt: skip
 
     @staticmethod
@@ -121,6 +126,7 @@ class Contract:
             inputs=tuple(PortDecl(**p) for p in data["inputs"]),
             outputs=tuple(PortDecl(**p) for p in data["outputs"]),
             params=tuple(ParamDecl(**p) for p in data["params"]), infer=dict(data["infer"]),
+            requires=dict(data.get("requires", {})), checkpoints=tuple(data.get("checkpoints", ())),
         )  # fmt: skip
 
 
@@ -215,6 +221,8 @@ def register_block(
     infer: dict[str, str] | None = None,
     default_mode: Literal["train", "eval", "both"] = "both",
     module: bool = True,
+    requires: dict[str, str] | None = None,
+    checkpoints: tuple[str, ...] = (),
 ) -> Callable[[Any], Any]:
     """Register a class or builder function as block ``name`` with its port contract.
 
@@ -226,6 +234,11 @@ def register_block(
         infer: constructor argument to a dim expression over the input symbols (``{"in_channels": "C"}``).
         default_mode: the mode of a node that does not say (losses: ``train``).
         module: False for blocks that are not part of the model (an env, a dataset).
+        requires: rules the constructor or forward would otherwise enforce at run time, as expressions over the
+            parameters, inferred arguments and input symbols (:mod:`dagcv.rules`) mapped to the reason, so that
+            ``dagcv check`` catches what would fail in ``dagcv compile``.
+        checkpoints: parameters that name a local torch checkpoint (``weights``); ``dagcv check`` verifies the
+            file is one before anything loads it.
     """
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"block name '{name}' must be snake_case")
@@ -234,6 +247,8 @@ def register_block(
 
     def decorate(obj: Any) -> Any:
         contract = _contract_for(obj, name, family, inputs or {}, outputs, infer or {}, default_mode, module)
+        contract = replace(contract, requires=dict(requires or {}), checkpoints=tuple(checkpoints))
+        _check_rules(contract)
         _LIVE.add(contract, obj)
         if _REGISTRY is not None:
             _REGISTRY.add(contract, obj)
@@ -283,6 +298,23 @@ def _contract_for(
     )  # fmt: skip
 
 
+def _check_rules(contract: Contract) -> None:
+    """Rules parse, and read only parameters and input symbols; checkpoints name string parameters."""
+    from dagcv.rules import names
+
+    known = {p.name for p in contract.params}
+    for port in contract.inputs:
+        known |= {d.expr for d in port.parsed.dims or () if d.symbol or d.variadic}
+    for expr in contract.requires:
+        unknown = [n for n in names(expr) if n not in known]
+        if unknown:
+            raise TypeError(f"block '{contract.name}': rule {expr!r} reads {unknown}, not parameters or input symbols")
+    for name in contract.checkpoints:
+        param = contract.param(name)
+        if param is None or "str" not in param.annotation:
+            raise TypeError(f"block '{contract.name}': checkpoint parameter '{name}' must be a str parameter")
+
+
 def _definition_line(obj: Any) -> int:
     """The line of the ``class``/``def`` statement itself (getsourcelines starts at the first decorator)."""
     lines, start = inspect.getsourcelines(obj)
@@ -315,6 +347,13 @@ def _arg_docs(doc: str) -> dict[str, str]:
 
 
 _SIMPLE = {int: "int", float: "float", bool: "bool", str: "str", type(None): "None", Any: "Any"}
+_BOUNDS = (at.Gt, at.Ge, at.Lt, at.Le, at.MinLen, at.MaxLen)
+
+# Parameter types with bounds, for block signatures: Pydantic checks them, so `dagcv check` does too.
+Size = Annotated[int, at.Gt(0)]  # a width, a count of layers or classes: at least 1
+Count = Annotated[int, at.Ge(0)]  # zero or more
+Fraction = Annotated[float, at.Ge(0), at.Le(1)]  # a probability or a ratio in [0, 1]
+PositiveFloat = Annotated[float, at.Gt(0)]
 
 
 def annotation_text(tp: Any) -> str:
@@ -322,6 +361,11 @@ def annotation_text(tp: Any) -> str:
     if tp in _SIMPLE:
         return _SIMPLE[tp]
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        bounds = tp.__metadata__
+        if not all(isinstance(b, _BOUNDS) for b in bounds):
+            raise TypeError(f"unsupported annotation metadata in {tp!r}: use {', '.join(b.__name__ for b in _BOUNDS)}")
+        return f"Annotated[{annotation_text(args[0])}, {', '.join(repr(b) for b in bounds)}]"
     if origin is Literal:
         return f"Literal[{', '.join(repr(a) for a in args)}]"
     if origin in (typing.Union, types.UnionType):
@@ -333,7 +377,27 @@ def annotation_text(tp: Any) -> str:
 
 
 _TYPE_NAMESPACE = {"int": int, "float": float, "bool": bool, "str": str, "None": None, "Any": Any,
-                   "list": list, "tuple": tuple, "dict": dict, "Literal": Literal}  # fmt: skip
+                   "list": list, "tuple": tuple, "dict": dict, "Literal": Literal, "Annotated": Annotated,
+                   **{b.__name__: b for b in _BOUNDS}}  # fmt: skip
+
+
+_BOUND_TEXT = {"Gt": ">", "Ge": ">=", "Lt": "<", "Le": "<=", "MinLen": "len >=", "MaxLen": "len <="}
+
+
+def readable_annotation(text: str) -> str:
+    """An annotation as `dagcv blocks` shows it: bounds written out.
+
+    >>> readable_annotation("tuple[Annotated[int, Gt(gt=0)], ...] | None")
+    'tuple[int > 0, ...] | None'
+    >>> readable_annotation("Annotated[float, Ge(ge=0), Le(le=1)]")
+    'float >= 0, <= 1'
+    """
+
+    def bounds(match: re.Match) -> str:
+        parts = re.findall(r"(\w+)\(\w+=([^,()]+)\)", match.group(2))
+        return f"{match.group(1)} " + ", ".join(f"{_BOUND_TEXT[name]} {value}" for name, value in parts)
+
+    return re.sub(r"Annotated\[(\w+), ((?:\w+\([^()]*\)(?:, )?)+)\]", bounds, text)
 
 
 def annotation_type(text: str) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,8 @@ def render_bytes(graph: graphviz.Digraph, fmt: str) -> bytes:
     except graphviz.CalledProcessError as exc:
         stderr = (exc.stderr or b"").decode(errors="replace").strip()
         raise RenderError(f"`dot -T{fmt}` failed: {stderr or exc}") from None
+    except OSError as exc:  # dot died while reading its input
+        raise RenderError(f"`dot -T{fmt}` failed: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,9 +256,19 @@ def _tooltip_of(diags: list[Diagnostic]) -> str:
 # Text helpers
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+LABEL_CHARS = 300  # longer text (a pasted description) is cut: dot fails on huge labels, and nobody reads them
+
+
+def _visible(text: object) -> str:
+    """``text`` as a label can show it: control characters replaced, cut at :data:`LABEL_CHARS`."""
+    text = _CONTROL.sub("\ufffd", str(text))
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "\u2026"
+
+
 def _h(text: object) -> str:
     r"""Text escaped for an HTML-like label (dot 2.43 also reads ``\\`` in a label as one backslash)."""
-    return html.escape(str(text), quote=True).replace("\\", "\\\\")
+    return html.escape(_visible(text), quote=True).replace("\\", "\\\\")
 
 
 def _plain(text: str) -> str:
@@ -263,7 +276,7 @@ def _plain(text: str) -> str:
 
     dot 2.43 unescapes tooltips twice (``\\\\`` shows as one backslash); graphviz.quote escapes the quotes.
     """
-    return graphviz.nohtml(text.replace("\\", "\\" * 4))
+    return graphviz.nohtml(_visible(text).replace("\\", "\\" * 4))
 
 
 def _value_text(value: Any, limit: int = 28) -> str:

@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from dagcv.limits import limits
+
 # ---------------------------------------------------------------------------------------------------------------
 # The kind vocabulary: a closed set with single inheritance. Extending it is a reviewed change.
 
@@ -134,6 +136,18 @@ _PRECEDENCE = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2, ast.FloorDiv: 2, ast.Div: 2,
 _SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Div: "/", ast.Mod: "%"}
 
 
+def checked(value: int) -> int:
+    """``value``, or a :class:`ShapeError` when it is larger than any dim a spec may ask for."""
+    cap = limits().dim_value
+    if abs(value) > cap:
+        raise ShapeError(f"dim {'-' if value < 0 else ''}{_magnitude(abs(value))} is larger than the limit {cap:,}")
+    return value
+
+
+def _magnitude(value: int) -> str:
+    return f"{value:,}" if value < 10**15 else f"~1e{len(str(value)) - 1}"
+
+
 def _binop(op: ast.operator, a: Dim, b: Dim, prec_a: int, prec_b: int) -> tuple[Dim, int]:
     kind = type(op)
     prec = _PRECEDENCE[kind]
@@ -158,6 +172,7 @@ def _binop(op: ast.operator, a: Dim, b: Dim, prec_a: int, prec_b: int) -> tuple[
         if a.value % b.value:
             raise ShapeError(f"{a.show()} is not divisible by {b.show()}")
         value = a.value // b.value
+    checked(value)
     if a.is_const and b.is_const:
         return Dim.const(value), 3
     return Dim(text, value), prec
@@ -172,6 +187,8 @@ def rcnn_resize(size: int, height: int, width: int, min_size: int, max_size: int
     >>> rcnn_resize(480, 480, 640, 800, 1333), rcnn_resize(640, 480, 640, 800, 1333)
     (800, 1066)
     """
+    if min(size, height, width, min_size, max_size) <= 0:
+        raise ShapeError(f"rcnn_resize({size}, {height}, {width}, {min_size}, {max_size}): every size must be positive")
     return math.floor(size * min(min_size / min(height, width), max_size / max(height, width)))
 
 
@@ -181,13 +198,13 @@ def _call(name: str, args: list[Dim | list[Dim]]) -> Dim:
     if any(d.runtime for d in dims):
         return Dim.at_runtime(f"{name}({', '.join(d.text for d in dims)})")
     if name == "rcnn_resize" and len(flat) == 5:
-        value = rcnn_resize(*(d.value for d in flat))
+        value = checked(rcnn_resize(*(d.value for d in flat)))
         if all(d.is_const for d in flat):
             return Dim.const(value)
         return Dim(f"rcnn_resize({flat[0].text})", value)
     if name == "prod":
         dims = args[0] if len(args) == 1 and isinstance(args[0], list) else flat
-        value = math.prod(d.value for d in dims)
+        value = checked(math.prod(d.value for d in dims))
         if all(d.is_const for d in dims):
             return Dim.const(value)
         return Dim("*".join(d.text if d.text.isidentifier() or d.is_const else f"({d.text})" for d in dims), value)
@@ -200,6 +217,7 @@ def _call(name: str, args: list[Dim | list[Dim]]) -> Dim:
         value = (min if name == "min" else max)(d.value for d in flat)
     else:
         raise ShapeError(f"unknown dim function {name}() or wrong arguments")
+    checked(value)
     if all(d.is_const for d in flat):
         return Dim.const(value)
     return Dim(f"{name}({', '.join(d.text for d in flat)})", value)
@@ -207,7 +225,7 @@ def _call(name: str, args: list[Dim | list[Dim]]) -> Dim:
 
 def _eval(node: ast.AST, env: Mapping[str, object]) -> tuple[Dim | list[Dim], int]:
     if isinstance(node, ast.Constant) and type(node.value) is int:
-        return Dim.const(node.value), 3
+        return Dim.const(checked(node.value)), 3
     if isinstance(node, ast.Name):
         if node.id not in env:
             raise ShapeError(f"unknown symbol '{node.id}'", node.col_offset, len(node.id))
@@ -235,14 +253,36 @@ def _eval(node: ast.AST, env: Mapping[str, object]) -> tuple[Dim | list[Dim], in
 
 def evaluate(expr: str, env: Mapping[str, object]) -> Dim:
     """Evaluate one dim expression (``"(H-4)//2"``) against symbols bound to :class:`Dim` or int values."""
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ShapeError(f"invalid dim expression '{expr}'", (exc.offset or 1) - 1) from None
-    result, _ = _eval(tree.body, env)
+    result, _ = _eval(parse_dim(expr), env)
     if isinstance(result, list):
         raise ShapeError(f"'{expr}' is a group of dims, not one dim")
     return result
+
+
+def parse_dim(expr: str) -> ast.expr:
+    """The syntax tree of one dim expression, within the limits on its length and nesting."""
+    cap = limits()
+    text = expr.strip()
+    if len(text) > cap.dim_chars:
+        raise ShapeError(f"dim expression of {len(text)} characters is too long (limit {cap.dim_chars})")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        offset = (exc.offset or 1) - 1 if isinstance(exc, SyntaxError) else 0
+        raise ShapeError(f"invalid dim expression '{expr}'", offset) from None
+    if _depth(tree.body) > cap.dim_depth:
+        raise ShapeError(f"dim expression nested more than {cap.dim_depth} deep")
+    return tree.body
+
+
+def _depth(node: ast.AST) -> int:
+    """The depth of a syntax tree, without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,10 +352,14 @@ def parse_port_type(text: str) -> PortType:
 def _parse_dims(inner: str, base: int) -> tuple[DimPattern, ...]:
     if not inner.strip():
         return ()
+    cap = limits()
+    if len(inner) > 16 * cap.dim_chars:
+        raise ShapeError(f"dims of {len(inner)} characters are too long", base)
     try:
         tree = ast.parse(f"({inner},)", mode="eval")
-    except SyntaxError as exc:
-        raise ShapeError(f"invalid dims '[{inner}]'", base + max(0, (exc.offset or 2) - 2)) from None
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        offset = (exc.offset or 2) - 2 if isinstance(exc, SyntaxError) else 0
+        raise ShapeError(f"invalid dims '[{inner[:60]}]'", base + max(0, offset)) from None
     dims: list[DimPattern] = []
     for elt in tree.body.elts:  # type: ignore[attr-defined]
         offset = base + elt.col_offset - 1
@@ -324,7 +368,11 @@ def _parse_dims(inner: str, base: int) -> tuple[DimPattern, ...]:
                 raise ShapeError("'*' must be followed by a name, e.g. *F", offset)
             dims.append(DimPattern(elt.value.id, True, offset))
         else:
-            dims.append(DimPattern(ast.unparse(elt), False, offset))
+            if _depth(elt) > cap.dim_depth:
+                raise ShapeError(f"dim expression nested more than {cap.dim_depth} deep", offset)
+            text = ast.unparse(elt)
+            parse_dim(text)  # within the limits
+            dims.append(DimPattern(text, False, offset))
     if sum(d.variadic for d in dims) > 1:
         raise ShapeError("at most one '*NAME' group per shape", base)
     return tuple(dims)

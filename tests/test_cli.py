@@ -77,7 +77,7 @@ def test_blocks_lists_families_and_shows_one() -> None:
     one = dagcv("blocks", "mlp_head")
     assert one.returncode == 0
     assert "class: blocks.heads.MLPHead" in one.stdout and "file:  blocks/heads.py:" in one.stdout
-    assert "num_classes: int (required)" in one.stdout and "in_features" in one.stdout
+    assert "num_classes: int > 0 (required)" in one.stdout and "in_features" in one.stdout
     data = json.loads(dagcv("blocks", "--json").stdout)
     assert {b["name"] for b in data} >= {"lenet_features", "resnet18", "vector_quantizer"}
     unknown = dagcv("blocks", "resnet51")

@@ -11,7 +11,7 @@ import torch
 
 import blocks  # noqa: F401 - registers every shipped block
 from dagcv import registry as reg
-from dagcv.graph import MODULE_ATTRIBUTES
+from dagcv.names import derive_reserved_names, reserved_names
 from tests.conftest import ROOT
 
 
@@ -22,10 +22,13 @@ def test_manifest_is_up_to_date() -> None:
     assert {c["name"]: c for c in data["blocks"]} == json.loads(json.dumps(live))
 
 
-def test_reserved_names_cover_nn_module_attributes() -> None:
-    public = {n for n in dir(torch.nn.Module) if not n.startswith("_")} | set(vars(torch.nn.Module()))
-    public = {n for n in public if not n.startswith("_")}
-    assert public <= MODULE_ATTRIBUTES, sorted(public - MODULE_ATTRIBUTES)
+def test_reserved_names_are_derived_from_the_generated_classes() -> None:
+    assert sorted(reserved_names()) == derive_reserved_names(), "run `make manifest`"
+    public = {n for n in [*dir(torch.nn.Module), *vars(torch.nn.Module())] if not n.startswith("_")}
+    assert public <= reserved_names(), sorted(public - reserved_names())
+    assert {"code", "graph", "recompile", "output_ports", "spec_name", "forward_train", "forward_eval", "self"} <= (
+        reserved_names()
+    )
 
 
 def test_contract_rejects_positional_or_unannotated_arguments() -> None:

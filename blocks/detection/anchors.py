@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from dagcv.registry import register_block
+from dagcv.registry import PositiveFloat, Size, register_block
 
 
 def retinanet_anchor_sizes(base_sizes: list[int]) -> list[list[int]]:
@@ -31,6 +31,7 @@ def retinanet_anchor_sizes(base_sizes: list[int]) -> list[list[int]]:
     family="layer",
     inputs={"images": "Image[B, C, H, W]", "image_sizes": "ImageSizes[B, 2]", "features": "FeaturePyramid"},
     outputs={"anchors": "Boxes"},
+    requires={"len(sizes) == len(aspect_ratios)": "sizes and aspect_ratios each give one list per pyramid level"},
 )
 class Anchors(nn.Module):
     """Anchor boxes (xyxy, padded-image pixels) for every location of every pyramid level, per image.
@@ -53,7 +54,7 @@ class Anchors(nn.Module):
         (torch.Size([20, 4]), [-4.0, -4.0, 4.0, 4.0], [0.0, 0.0, 16.0, 16.0])
     """
 
-    def __init__(self, *, sizes: list[list[int]], aspect_ratios: list[list[float]] | None = None) -> None:
+    def __init__(self, *, sizes: list[list[Size]], aspect_ratios: list[list[PositiveFloat]] | None = None) -> None:
         super().__init__()
         if aspect_ratios is None:
             aspect_ratios = [[0.5, 1.0, 2.0]] * len(sizes)

@@ -24,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import MLP, box_convert, generalized_box_iou, generalized_box_iou_loss
 
-from dagcv.registry import register_block
+from dagcv.registry import Count, Fraction, Size, register_block
 
 
 def sine_position_encoding(height: int, width: int, dim: int, *, temperature: float = 10000.0) -> Tensor:
@@ -58,6 +58,10 @@ def sine_position_encoding(height: int, width: int, dim: int, *, temperature: fl
     inputs={"x": "FeatureMap[B, C, H, W]"},
     outputs={"out": "Embedding[B, num_queries, d_model]"},
     infer={"in_channels": "C"},
+    requires={
+        "d_model % 4 == 0": "the sine position encoding splits d_model into four parts",
+        "d_model % nhead == 0": "each attention head takes d_model / nhead channels",
+    },
 )
 class DetrTransformer(nn.Module):
     """DETR's transformer: a feature map in, one ``d_model`` embedding per learned object query out.
@@ -86,14 +90,14 @@ class DetrTransformer(nn.Module):
     def __init__(
         self,
         *,
-        in_channels: int,
-        d_model: int = 256,
-        nhead: int = 8,
-        num_encoder_layers: int = 6,
-        num_decoder_layers: int = 6,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        num_queries: int = 100,
+        in_channels: Size,
+        d_model: Size = 256,
+        nhead: Size = 8,
+        num_encoder_layers: Count = 6,
+        num_decoder_layers: Count = 6,
+        dim_feedforward: Size = 2048,
+        dropout: Fraction = 0.1,
+        num_queries: Size = 100,
     ) -> None:
         super().__init__()
         if d_model % 4:
@@ -134,7 +138,7 @@ class DetrHead(nn.Module):
         (torch.Size([2, 5, 5]), torch.Size([2, 5, 4]))
     """
 
-    def __init__(self, *, d_model: int, num_classes: int) -> None:
+    def __init__(self, *, d_model: Size, num_classes: Size) -> None:
         super().__init__()
         self.class_embed = nn.Linear(d_model, num_classes + 1)
         self.bbox_embed = MLP(d_model, [d_model, d_model, 4])
@@ -197,8 +201,8 @@ class HungarianMatcher(nn.Module):
     def __init__(
         self,
         *,
-        image_height: int,
-        image_width: int,
+        image_height: Size,
+        image_width: Size,
         cost_class: float = 1.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
@@ -269,10 +273,10 @@ class SetCriterion(nn.Module):
     def __init__(
         self,
         *,
-        num_classes: int,
-        image_height: int,
-        image_width: int,
-        eos_coef: float = 0.1,
+        num_classes: Size,
+        image_height: Size,
+        image_width: Size,
+        eos_coef: Fraction = 0.1,
         cost_class: float = 1.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,

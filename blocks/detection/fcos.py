@@ -23,7 +23,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from blocks.detection.postprocess import DensePostprocess
-from dagcv.registry import register_block
+from dagcv.registry import Count, Fraction, Size, register_block
 
 _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor", "bbox_ctrness": "Logits"}
 
@@ -34,6 +34,7 @@ _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor", "bbox_ctrn
     inputs={"features": "FeaturePyramid[B, C]"},
     outputs=_HEAD_OUTPUTS,
     infer={"in_channels": "C"},
+    requires={"in_channels % 32 == 0": "its GroupNorm layers have 32 groups"},
 )
 class FCOSHead(nn.Module):
     """FCOS's shared head: per point, class logits, ``l, t, r, b`` regression (ReLU) and a centre-ness logit.
@@ -57,7 +58,7 @@ class FCOSHead(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int = 256, num_classes: int = 91, num_convs: int = 4, prior_probability: float = 0.01
+        self, *, in_channels: Size = 256, num_classes: Size = 91, num_convs: Count = 4, prior_probability: float = 0.01
     ) -> None:
         super().__init__()
         # One anchor (point) per location: FCOS is anchor-free.
@@ -246,10 +247,10 @@ class FCOSPostprocess(DensePostprocess):
     def __init__(
         self,
         *,
-        score_thresh: float = 0.2,
-        nms_thresh: float = 0.6,
-        detections_per_img: int = 100,
-        topk_candidates: int = 1000,
+        score_thresh: Fraction = 0.2,
+        nms_thresh: Fraction = 0.6,
+        detections_per_img: Size = 100,
+        topk_candidates: Size = 1000,
     ) -> None:
         super().__init__(
             score_thresh=score_thresh,

@@ -27,7 +27,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 
 from blocks.detection.postprocess import DensePostprocess
-from dagcv.registry import register_block
+from dagcv.registry import Fraction, Size, register_block
 
 _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor"}
 
@@ -60,7 +60,7 @@ class RetinaHead(RetinaNetHead):
         (torch.Size([2, 180, 4]), torch.Size([2, 180, 4]))
     """
 
-    def __init__(self, *, in_channels: int, num_anchors: int = 9, num_classes: int) -> None:
+    def __init__(self, *, in_channels: Size, num_anchors: Size = 9, num_classes: Size) -> None:
         super().__init__(in_channels, num_anchors, num_classes)
 
     def forward(self, features: OrderedDict[str, Tensor]) -> dict[str, Tensor]:  # type: ignore[override]
@@ -119,8 +119,8 @@ class RetinaLoss(nn.Module):
     def __init__(
         self,
         *,
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.4,
+        fg_iou_thresh: Fraction = 0.5,
+        bg_iou_thresh: Fraction = 0.4,
         bbox_loss: Literal["l1", "smooth_l1", "giou", "diou", "ciou"] = "l1",
     ) -> None:
         super().__init__()
@@ -219,10 +219,10 @@ class RetinaPostprocess(DensePostprocess):
     def __init__(
         self,
         *,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 300,
-        topk_candidates: int = 1000,
+        score_thresh: Fraction = 0.05,
+        nms_thresh: Fraction = 0.5,
+        detections_per_img: Size = 300,
+        topk_candidates: Size = 1000,
     ) -> None:
         super().__init__(
             score_thresh=score_thresh,

@@ -26,7 +26,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, mask
 from torchvision.ops import MultiScaleRoIAlign, RoIAlign, RoIPool
 
 from blocks.detection.rpn import image_size_list
-from dagcv.registry import register_block
+from dagcv.registry import Count, Fraction, PositiveFloat, Size, register_block
 
 
 def _roi_heads_methods(**kwargs: object) -> RoIHeads:
@@ -83,10 +83,10 @@ class RoiSampler(nn.Module):
     def __init__(
         self,
         *,
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.5,
-        batch_size_per_image: int = 512,
-        positive_fraction: float = 0.25,
+        fg_iou_thresh: Fraction = 0.5,
+        bg_iou_thresh: Fraction = 0.5,
+        batch_size_per_image: Size = 512,
+        positive_fraction: Fraction = 0.25,
         bbox_reg_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
@@ -152,10 +152,10 @@ class MultiScaleRoiAlign(nn.Module):
         self,
         *,
         featmap_names: list[str] | None = None,
-        output_size: int = 7,
+        output_size: Size = 7,
         sampling_ratio: int = 2,
-        canonical_scale: int = 224,
-        canonical_level: int = 4,
+        canonical_scale: Size = 224,
+        canonical_level: Size = 4,
     ) -> None:
         super().__init__()
         names = ["0", "1", "2", "3"] if featmap_names is None else list(featmap_names)
@@ -198,7 +198,12 @@ class RoiAlign(nn.Module):
     """
 
     def __init__(
-        self, *, output_size: int = 7, spatial_scale: float = 0.0625, sampling_ratio: int = -1, aligned: bool = False
+        self,
+        *,
+        output_size: Size = 7,
+        spatial_scale: PositiveFloat = 0.0625,
+        sampling_ratio: int = -1,
+        aligned: bool = False,
     ) -> None:
         super().__init__()
         self.pool = RoIAlign(output_size, spatial_scale, sampling_ratio, aligned)
@@ -227,7 +232,7 @@ class RoiPool(nn.Module):
                   [13., 15.]]]])
     """
 
-    def __init__(self, *, output_size: int = 7, spatial_scale: float = 0.0625) -> None:
+    def __init__(self, *, output_size: Size = 7, spatial_scale: PositiveFloat = 0.0625) -> None:
         super().__init__()
         self.pool = RoIPool(output_size, spatial_scale)
 
@@ -246,7 +251,7 @@ class RoiPool(nn.Module):
     outputs={"out": "Embedding[R, representation_size]"},
     infer={"in_channels": "C*S*S"},
 )
-def two_mlp_head(*, in_channels: int, representation_size: int = 1024) -> TwoMLPHead:
+def two_mlp_head(*, in_channels: Size, representation_size: Size = 1024) -> TwoMLPHead:
     """torchvision's ``TwoMLPHead``: each RoI's features flattened, then two fully connected layers with ReLU.
 
     Args:
@@ -280,7 +285,7 @@ class FastRcnnPredictor(nn.Module):
         (torch.Size([5, 3]), torch.Size([5, 12]))
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int) -> None:
+    def __init__(self, *, in_channels: Size, num_classes: Size) -> None:
         super().__init__()
         predictor = FastRCNNPredictor(in_channels, num_classes)
         self.cls_score, self.bbox_pred = predictor.cls_score, predictor.bbox_pred
@@ -358,9 +363,9 @@ class FastRcnnPostprocess(nn.Module):
     def __init__(
         self,
         *,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
+        score_thresh: Fraction = 0.05,
+        nms_thresh: Fraction = 0.5,
+        detections_per_img: Size = 100,
         bbox_reg_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
@@ -438,7 +443,7 @@ class MaskRoiSelect(nn.Module):
     outputs={"out": "FeatureMap[R, channels, S, S]"},
     infer={"in_channels": "C"},
 )
-def mask_head(*, in_channels: int, channels: int = 256, num_convs: int = 4, dilation: int = 1) -> MaskRCNNHeads:
+def mask_head(*, in_channels: Size, channels: Size = 256, num_convs: Count = 4, dilation: Size = 1) -> MaskRCNNHeads:
     """torchvision's ``MaskRCNNHeads``: ``num_convs`` 3×3 conv + ReLU layers over each RoI's features.
 
     Args:
@@ -461,7 +466,7 @@ def mask_head(*, in_channels: int, channels: int = 256, num_convs: int = 4, dila
     outputs={"out": "Mask[R, num_classes, 2*S, 2*S]"},
     infer={"in_channels": "C"},
 )
-def mask_predictor(*, in_channels: int, num_classes: int, dim_reduced: int = 256) -> MaskRCNNPredictor:
+def mask_predictor(*, in_channels: Size, num_classes: Size, dim_reduced: Size = 256) -> MaskRCNNPredictor:
     """torchvision's ``MaskRCNNPredictor``: a 2× transposed conv + ReLU, then one mask logit map per class.
 
     Args:

@@ -18,7 +18,7 @@ import torch  # noqa: F401  (the docstring examples use it)
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
-from dagcv.registry import register_block
+from dagcv.registry import Fraction, Size, register_block
 
 
 def image_size_list(image_sizes: Tensor) -> list[tuple[int, int]]:
@@ -64,7 +64,7 @@ class RpnHead(nn.Module):
         [('0', (2, 12, 16, 16)), ('pool', (2, 12, 4, 4))]
     """
 
-    def __init__(self, *, in_channels: int, num_anchors: int = 3, conv_depth: int = 1) -> None:
+    def __init__(self, *, in_channels: Size, num_anchors: Size = 3, conv_depth: Size = 1) -> None:
         super().__init__()
         head = RPNHead(in_channels, num_anchors, conv_depth=conv_depth)
         self.conv, self.cls_logits, self.bbox_pred = head.conv, head.cls_logits, head.bbox_pred
@@ -117,12 +117,12 @@ class RpnProposals(nn.Module):
     def __init__(
         self,
         *,
-        pre_nms_top_n_train: int = 2000,
-        pre_nms_top_n_test: int = 1000,
-        post_nms_top_n_train: int = 2000,
-        post_nms_top_n_test: int = 1000,
-        nms_thresh: float = 0.7,
-        score_thresh: float = 0.0,
+        pre_nms_top_n_train: Size = 2000,
+        pre_nms_top_n_test: Size = 1000,
+        post_nms_top_n_train: Size = 2000,
+        post_nms_top_n_test: Size = 1000,
+        nms_thresh: Fraction = 0.7,
+        score_thresh: Fraction = 0.0,
     ) -> None:
         super().__init__()
         # The sampling arguments are unused here: rpn_loss holds its own RPN with them.
@@ -191,10 +191,10 @@ class RpnLoss(nn.Module):
     def __init__(
         self,
         *,
-        fg_iou_thresh: float = 0.7,
-        bg_iou_thresh: float = 0.3,
-        batch_size_per_image: int = 256,
-        positive_fraction: float = 0.5,
+        fg_iou_thresh: Fraction = 0.7,
+        bg_iou_thresh: Fraction = 0.3,
+        batch_size_per_image: Size = 256,
+        positive_fraction: Fraction = 0.5,
     ) -> None:
         super().__init__()
         # The proposal arguments are unused here: rpn_proposals holds its own RPN with them.

@@ -29,9 +29,9 @@ from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNe
 from torchvision.models.detection.ssdlite import SSDLiteHead as TvSSDLiteHead
 from torchvision.ops import boxes as box_ops
 
-from blocks.backbones import MobileNetV3Trunk, load_weights_file
+from blocks.backbones import MobileNetLayers, MobileNetV3Trunk, load_weights_file
 from blocks.detection.postprocess import DensePostprocess
-from dagcv.registry import register_block
+from dagcv.registry import Fraction, Size, register_block
 
 SSDLITE_CHANNELS = (672, 480, 512, 256, 256, 128)  # the six maps of ssdlite_mobilenet_v3_large (reduced tail)
 
@@ -46,9 +46,10 @@ def ssdlite_norm_layer() -> partial[nn.BatchNorm2d]:
     family="backbone",
     inputs={"x": "Image[B, 3, H, W]"},
     outputs={"features": "FeaturePyramid"},
+    checkpoints=("weights",),
 )
 def ssdlite_mobilenet_v3_large(
-    *, reduced_tail: bool = True, weights: str | None = None, trainable_layers: int = 6
+    *, reduced_tail: bool = True, weights: str | None = None, trainable_layers: MobileNetLayers = 6
 ) -> SSDLiteFeatureExtractorMobileNet:
     """SSD-lite's MobileNetV3-Large feature extractor (torchvision's ``SSDLiteFeatureExtractorMobileNet``).
 
@@ -83,6 +84,7 @@ def ssdlite_mobilenet_v3_large(
     family="head",
     inputs={"features": "FeaturePyramid"},
     outputs={"bbox_regression": "Tensor", "cls_logits": "Logits"},
+    requires={"len(in_channels) == len(num_anchors)": "in_channels and num_anchors each give one entry per level"},
 )
 class SSDLiteHead(TvSSDLiteHead):
     """torchvision's ``SSDLiteHead``: per level a 3×3 depthwise conv (BN, ReLU6) and a 1×1 conv, for classes and boxes.
@@ -106,9 +108,9 @@ class SSDLiteHead(TvSSDLiteHead):
     def __init__(
         self,
         *,
-        in_channels: tuple[int, ...] = SSDLITE_CHANNELS,
-        num_anchors: tuple[int, ...] = (6, 6, 6, 6, 6, 6),
-        num_classes: int = 91,
+        in_channels: tuple[Size, ...] = SSDLITE_CHANNELS,
+        num_anchors: tuple[Size, ...] = (6, 6, 6, 6, 6, 6),
+        num_classes: Size = 91,
     ) -> None:
         if len(in_channels) != len(num_anchors):
             raise ValueError(f"in_channels has {len(in_channels)} levels but num_anchors {len(num_anchors)}")
@@ -160,11 +162,11 @@ class DefaultBoxGenerator(TvDefaultBoxGenerator):
     def __init__(
         self,
         *,
-        aspect_ratios: tuple[tuple[int, ...], ...] = ((2, 3),) * 6,
-        min_ratio: float = 0.2,
-        max_ratio: float = 0.95,
+        aspect_ratios: tuple[tuple[Size, ...], ...] = ((2, 3),) * 6,
+        min_ratio: Fraction = 0.2,
+        max_ratio: Fraction = 0.95,
         scales: list[float] | None = None,
-        steps: list[int] | None = None,
+        steps: list[Size] | None = None,
         clip: bool = True,
     ) -> None:
         super().__init__([list(r) for r in aspect_ratios], min_ratio, max_ratio, scales, steps, clip)
@@ -213,7 +215,7 @@ class SSDLoss(nn.Module):
         counts twice here, as in torchvision.
     """
 
-    def __init__(self, *, iou_thresh: float = 0.5, positive_fraction: float = 0.25) -> None:
+    def __init__(self, *, iou_thresh: float = 0.5, positive_fraction: Fraction = 0.25) -> None:
         super().__init__()
         self.iou_thresh = iou_thresh
         self.neg_to_pos_ratio = (1.0 - positive_fraction) / positive_fraction
@@ -303,10 +305,10 @@ class SSDPostprocess(DensePostprocess):
     def __init__(
         self,
         *,
-        score_thresh: float = 0.01,
-        nms_thresh: float = 0.45,
-        detections_per_img: int = 200,
-        topk_candidates: int = 400,
+        score_thresh: Fraction = 0.01,
+        nms_thresh: Fraction = 0.45,
+        detections_per_img: Size = 200,
+        topk_candidates: Size = 400,
     ) -> None:
         super().__init__(
             score_thresh=score_thresh,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from dagcv.registry import register_block
+from dagcv.registry import Size, register_block
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -81,11 +81,11 @@ class RCNNTransform(nn.Module):
     def __init__(
         self,
         *,
-        min_size: int = 800,
-        max_size: int = 1333,
+        min_size: Size = 800,
+        max_size: Size = 1333,
         image_mean: list[float] = IMAGENET_MEAN,
         image_std: list[float] = IMAGENET_STD,
-        size_divisible: int = 32,
+        size_divisible: Size = 32,
     ) -> None:
         super().__init__()
         self.transform = GeneralizedRCNNTransform(
@@ -130,8 +130,8 @@ class FixedSizeTransform(nn.Module):
     def __init__(
         self,
         *,
-        height: int = 300,
-        width: int = 300,
+        height: Size = 300,
+        width: Size = 300,
         image_mean: list[float] = IMAGENET_MEAN,
         image_std: list[float] = IMAGENET_STD,
     ) -> None:

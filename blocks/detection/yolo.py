@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image
 
-from dagcv.registry import register_block
+from dagcv.registry import Fraction, Size, register_block
 
 _GRID_OUTPUTS = {
     "boxes": "Tensor[B, H, W, num_boxes, 4]",
@@ -70,7 +70,7 @@ class YoloGridHead(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int = 512, num_classes: int = 20, num_boxes: int = 2, hidden_channels: int = 256
+        self, *, in_channels: Size = 512, num_classes: Size = 20, num_boxes: Size = 2, hidden_channels: Size = 256
     ) -> None:
         super().__init__()
         self.num_boxes = num_boxes
@@ -221,7 +221,7 @@ class YoloGridLoss(nn.Module):
         {'coordinates': 0.0, 'objectness': 1.0, 'classification': 0.5}
     """
 
-    def __init__(self, *, num_classes: int = 20, lambda_coord: float = 5.0, lambda_noobj: float = 0.5) -> None:
+    def __init__(self, *, num_classes: Size = 20, lambda_coord: float = 5.0, lambda_noobj: float = 0.5) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.lambda_coord = lambda_coord
@@ -284,7 +284,9 @@ class YoloGridPostprocess(nn.Module):
         ([[16.0, 8.0, 48.0, 24.0]], [2], 0.982)
     """
 
-    def __init__(self, *, score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100) -> None:
+    def __init__(
+        self, *, score_thresh: Fraction = 0.05, nms_thresh: Fraction = 0.5, detections_per_img: Size = 100
+    ) -> None:
         super().__init__()
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from dagcv.errors import Span, SpecError, did_you_mean
 from dagcv.spec.source import SourceMap
+from dagcv.spec.yaml_loader import load_yaml
 
 OVERRIDE_FILE = "--set"
 
@@ -32,8 +31,8 @@ def apply_overrides(data: dict, smap: SourceMap, overrides: list[str]) -> dict[s
                 hint="e.g. --set train.optimizer.lr=0.01",
             ).with_sources(sources)
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
-        except yaml.YAMLError:
+            value = load_yaml(value_text, file)[0] if value_text.strip() else None
+        except SpecError:
             raise SpecError.at(  # noqa: B904 - the YAML error adds nothing for the user
                 Span(file, 1, len(path_text) + 2),
                 f"cannot parse value '{value_text}'",

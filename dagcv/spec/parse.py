@@ -10,8 +10,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from dagcv.errors import Diagnostic, Span, SpecError, did_you_mean
+from dagcv.limits import limits
 from dagcv.spec.ir import Spec
-from dagcv.spec.source import SourceMap
+from dagcv.spec.sanitize import sanitize
+from dagcv.spec.source import SourceMap, position
 from dagcv.spec.yaml_loader import load_yaml
 
 _BLOCK_KEYS = ("type", "in", "mode")
@@ -20,19 +22,44 @@ _BLOCK_KEYS = ("type", "in", "mode")
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read and validate a spec file (with ``--set`` overrides applied); raises :class:`SpecError`."""
     path = Path(path)
+    cap = int(limits().file_mib * 2**20)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError.at(None, f"no such spec file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError.at(None, f"cannot read {path}: {exc}") from None
-    return parse_spec_text(text, str(path), overrides)
+        if not path.is_file():
+            what = "no such spec file" if not path.exists() else "not a regular file"
+            raise SpecError.at(None, f"{what}: {path}")
+        with path.open("rb") as f:
+            raw = f.read(cap + 1)
+    except OSError as exc:
+        raise SpecError.at(None, f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > cap:
+        raise SpecError.at(
+            Span(str(path), 1, 1),
+            f"spec file is larger than {limits().file_mib:g} MiB",
+            hint="a spec describes a model; data belongs in files it names (see `dagcv --limit`)",
+        )
+    return parse_spec_text(decode(raw, str(path)), str(path), overrides)
+
+
+def decode(raw: bytes, file: str) -> str:
+    """UTF-8 ``raw`` as text; invalid bytes are an error at their line and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode("utf-8", "replace")
+        line, col = position(before, len(before))
+        raise SpecError.at(
+            Span(file, line, col, line, col + 1),
+            f"invalid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} ({exc.reason})",
+            hint="save the spec as UTF-8",
+        ) from None
 
 
 def parse_spec_text(text: str, file: str, overrides: list[str] | None = None) -> Spec:
     """Parse spec source ``text``; ``file`` names it in diagnostics (``.dagcv`` selects the DSL)."""
     extra: dict[str, str] = {}
     try:
+        if len(text) > limits().file_mib * 2**20:
+            raise SpecError.at(Span(file, 1, 1), f"spec is larger than {limits().file_mib:g} MiB")
         if file.endswith(".dagcv"):
             from dagcv.spec.dsl import load_dsl
 
@@ -45,6 +72,7 @@ def parse_spec_text(text: str, file: str, overrides: list[str] | None = None) ->
             if not isinstance(data, dict):
                 raise SpecError.at(smap.value(), "a spec must be a mapping at the top level")
             extra = apply_overrides(data, smap, overrides)
+        data, smap = sanitize(data, smap)
         spec = spec_from_data(data, smap)
         spec._overrides = extra
         return spec

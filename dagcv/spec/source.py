@@ -9,6 +9,17 @@ from dagcv.errors import Span
 Path = tuple[str | int, ...]
 
 
+def position(text: str, offset: int) -> tuple[int, int]:
+    """The 1-based (line, column) of character ``offset`` in ``text``.
+
+    >>> position("ab\ncd", 4)
+    (2, 2)
+    """
+    offset = max(0, min(offset, len(text)))
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
 @dataclass
 class SourceMap:
     """Spans by path into the spec's plain data: ``("blocks", "features", "type")``.

@@ -16,13 +16,15 @@ from typing import Any
 import yaml
 
 from dagcv.errors import Diagnostic, Span, SpecError
-from dagcv.spec.source import Path, SourceMap
+from dagcv.limits import limits
+from dagcv.spec.source import Path, SourceMap, position
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 _SCALAR_TAGS = tuple(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "merge"))
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
-_MAX_NODES = 200_000  # alias bombs ("billion laughs") expand past this
+_INT = "tag:yaml.org,2002:int"
+_PLAIN_HINT = "specs hold plain data: strings, numbers, booleans, lists and mappings"
 
 
 def _span(node: yaml.Node, file: str) -> Span:
@@ -36,18 +38,19 @@ class _Builder:
         self.errors: list[Diagnostic] = []
         self.count = 0
         self.constructor = yaml.SafeLoader("")  # only its scalar constructors are used
+        self.limits = limits()
 
     def build(self, node: yaml.Node, path: Path, depth: int = 0) -> Any:
         self.count += 1
-        if self.count > _MAX_NODES or depth > 100:
-            raise SpecError.at(_span(node, self.smap.file), "spec is too large or too deeply nested (alias bomb?)")
-        self.smap.values[path] = _span(node, self.smap.file)
-        if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
+        if self.count > self.limits.nodes or depth > self.limits.depth:
             raise SpecError.at(
                 _span(node, self.smap.file),
-                f"unsupported YAML tag '{node.tag}'",
-                hint="specs hold plain data: strings, numbers, booleans, lists and mappings",
+                "spec is too large or too deeply nested (alias bomb?)",
+                hint=f"limits: {self.limits.nodes:,} values, nesting depth {self.limits.depth} (see `dagcv --limit`)",
             )
+        self.smap.values[path] = _span(node, self.smap.file)
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
+            raise SpecError.at(_span(node, self.smap.file), f"unsupported YAML tag '{node.tag}'", hint=_PLAIN_HINT)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node)
         if isinstance(node, yaml.SequenceNode):
@@ -59,19 +62,22 @@ class _Builder:
     def _scalar(self, node: yaml.ScalarNode) -> Any:
         if node.tag == _TIMESTAMP:
             return node.value  # a date-like value stays the text it is
+        span = _span(node, self.smap.file)
         if node.tag not in _SCALAR_TAGS:
-            raise SpecError.at(
-                _span(node, self.smap.file),
-                f"unsupported YAML tag '{node.tag}'",
-                hint="specs hold plain data: strings, numbers, booleans, lists and mappings",
-            )
+            raise SpecError.at(span, f"unsupported YAML tag '{node.tag}'", hint=_PLAIN_HINT)
+        digits = sum(c.isdigit() for c in node.value)
+        if node.tag == _INT and digits > len(str(2**self.limits.int_bits)):
+            raise SpecError.at(span, f"integer too large ({digits} digits)", hint=_int_hint(self.limits.int_bits))
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError:
+            raise SpecError.at(span, f"unsupported YAML tag '{node.tag}'", hint=_PLAIN_HINT) from None
+        except Exception:  # an explicit tag on text it cannot read (`!!int abc`, `!!bool maybe`)
+            kind = node.tag.rsplit(":", 1)[-1]
             raise SpecError.at(
-                _span(node, self.smap.file),
-                f"unsupported YAML tag '{node.tag}'",
-                hint="specs hold plain data: strings, numbers, booleans, lists and mappings",
+                span,
+                f"'{_short(node.value)}' is not a valid {kind}",
+                hint=f"remove the '!!{kind}' tag or fix the value",
             ) from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
@@ -109,11 +115,31 @@ class _Builder:
         return out
 
 
+def _int_hint(bits: int) -> str:
+    return f"integers in a spec must fit in {bits + 1} bits (at most {2**bits - 1:,})"
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     """Parse ``text`` into plain data plus a :class:`SourceMap`; raises :class:`SpecError` on any problem."""
     smap = SourceMap(file, text)
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (control characters)
+        line, col = position(text, exc.position)
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        raise SpecError.at(
+            Span(file, line, col, line, col + 1),
+            f"character {char} is not allowed in YAML",
+            hint="remove it; control characters may only appear escaped in double-quoted strings (\\t, \\x1b)",
+        ) from None
+    except RecursionError:
+        raise SpecError.at(
+            Span(file, 1, 1), "spec is too deeply nested", hint=f"nesting limit: {limits().depth}"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         span = Span(file, mark.line + 1, mark.column + 1) if mark else None
@@ -135,6 +161,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         if exc.context and "flow" in exc.context and "[" in here:
             hint = "inside { } a port type must be quoted: {x: 'Image[B, 3, H, W]'}, or use one key per line"
         raise SpecError(Diagnostic(f"YAML syntax error: {problem}", span, hint=hint, notes=notes)) from None
+    except yaml.YAMLError as exc:
+        raise SpecError.at(Span(file, 1, 1), f"YAML error: {exc}") from None
     if root is None:
         raise SpecError.at(Span(file, 1, 1), "the spec is empty", hint="start with 'dagcv: 1'")
     builder = _Builder(smap)

@@ -117,10 +117,15 @@ class MetricConfig(BaseModel):
         """The names this metric is logged under (COCO mAP logs several)."""
         if self.type != "map":
             return [self.key]
-        from dagcv.train.metrics import renamed
-
         subs = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100"]
         return [renamed(self.key, s) for s in subs]
+
+
+def renamed(key: str, sub: str) -> str:
+    """``map_50`` of a metric logged as ``mask_map`` is ``mask_map_50``."""
+    if key == "map":
+        return sub
+    return key + sub[3:] if sub.startswith("map") else f"{key}_{sub}"
 
 
 class EarlyStoppingConfig(BaseModel):

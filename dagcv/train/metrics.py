@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dagcv.graph import SpecGraph
-from dagcv.train.config import MetricConfig
+from dagcv.train.config import MetricConfig, renamed
 
 
 def make_metric(cfg: MetricConfig, sg: SpecGraph) -> Any:
@@ -102,10 +102,3 @@ def results(key: str, value: Any) -> dict[str, Any]:
         if isinstance(v, torch.Tensor) and v.numel() == 1 and sub != "classes":
             out[renamed(key, sub)] = v.item()
     return out
-
-
-def renamed(key: str, sub: str) -> str:
-    """``map_50`` of a metric logged as ``mask_map`` is ``mask_map_50``."""
-    if key == "map":
-        return sub
-    return key + sub[3:] if sub.startswith("map") else f"{key}_{sub}"

@@ -94,7 +94,7 @@ def _check_split(sg: SpecGraph, name: str, split: SplitConfig) -> dict[str, int]
     sg.g.remove_node(f"data.{name}")
     for i, t in enumerate(split.transforms):
         kind = t.get("type")
-        if kind not in TRANSFORMS:
+        if not isinstance(kind, str) or kind not in TRANSFORMS:
             sg.error(
                 f"data.{name}: unknown transform {kind!r}",
                 smap.value("data", name, "transforms", i, "type"),

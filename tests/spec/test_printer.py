@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from dagcv.spec import Spec, load_spec, parse_spec_text, spec_from_data
 from dagcv.spec.dsl import KEYWORDS
 from dagcv.spec.printer import dsl_value, to_dsl, to_yaml, yaml_flow
+from dagcv.spec.sanitize import nfc
 from dagcv.spec.source import SourceMap
 from tests.conftest import SPECS
 
@@ -230,10 +231,18 @@ IDENT = st.builds(
     st.text(string.ascii_letters + string.digits + "_", max_size=7),
 ) | st.sampled_from([*KEYWORDS, "true", "false", "null", "inf", "nan", "yes", "on", "in", "type"])
 TRICKY = st.sampled_from(["", "yes", "null", "1e3", "0x10", " x", "a: b", "#c", "- d", "[e]", "true", "2001-01-01"])
-SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10) | TRICKY | IDENT
+INTS = st.integers(-(2**63) + 1, 2**63 - 1)  # a spec's integers fit in 64 bits
+
+
+def texts(*args, **kwargs) -> st.SearchStrategy[str]:
+    """Text as a spec holds it: strings are NFC-normalised on reading."""
+    return st.text(*args, **kwargs).map(nfc)
+
+
+SCALARS = st.none() | st.booleans() | INTS | st.floats(allow_nan=False) | texts(max_size=10) | TRICKY | IDENT
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6) | IDENT, inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts(max_size=6) | IDENT, inner, max_size=4),
     max_leaves=10,
 )
 TYPE_TEXT = st.builds(
@@ -263,12 +272,12 @@ def specs(draw) -> Spec:
         blocks[name] = block
     data = {"dagcv": 1, "name": draw(IDENT), "blocks": blocks}
     optional = {
-        "description": st.text(max_size=20) | TRICKY,
+        "description": texts(max_size=20) | TRICKY,
         "inputs": st.just(inputs),
-        "sizes": st.dictionaries(IDENT, st.integers(), max_size=3),
+        "sizes": st.dictionaries(IDENT, INTS, max_size=3),
         "outputs": st.dictionaries(IDENT, source, max_size=3),
         "data": st.dictionaries(st.text(string.printable, max_size=6) | IDENT, VALUES, max_size=3),
-        "train": st.dictionaries(st.text(max_size=6) | IDENT, VALUES, max_size=3),
+        "train": st.dictionaries(texts(max_size=6) | IDENT, VALUES, max_size=3),
     }
     for key, strategy in optional.items():
         if draw(st.booleans()):
