@@ -176,7 +176,7 @@ def _stages(channels: tuple[int, int, int, int], strides: tuple[int, int, int, i
 _STRIDES = (4, 8, 16, 32)
 
 
-@register_block("resnet18", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES))
+@register_block("resnet18", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES), param_count="11176512")
 def resnet18(
     *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
@@ -197,7 +197,7 @@ def resnet18(
     return _resnet("resnet18", tvm.resnet18, weights, trainable_layers, norm_layer)
 
 
-@register_block("resnet34", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES))
+@register_block("resnet34", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES), param_count="21284672")
 def resnet34(
     *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
@@ -214,7 +214,7 @@ def resnet34(
     return _resnet("resnet34", tvm.resnet34, weights, trainable_layers, norm_layer)
 
 
-@register_block("resnet50", **_RESNET, outputs=_stages((256, 512, 1024, 2048), _STRIDES))
+@register_block("resnet50", **_RESNET, outputs=_stages((256, 512, 1024, 2048), _STRIDES), param_count="23508032")
 def resnet50(
     *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
@@ -234,7 +234,9 @@ def resnet50(
     return _resnet("resnet50", tvm.resnet50, weights, trainable_layers, norm_layer)
 
 
-@register_block("resnet50_os8", **_RESNET, outputs=_stages((256, 512, 1024, 2048), (4, 8, 8, 8)))
+@register_block(
+    "resnet50_os8", **_RESNET, outputs=_stages((256, 512, 1024, 2048), (4, 8, 8, 8)), param_count="23508032"
+)
 def resnet50_os8(
     *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
 ) -> ResNetTrunk:
@@ -311,6 +313,7 @@ def _mobilenet(
 @register_block(
     "mobilenet_v3_large",
     **_RESNET,
+    param_count="2971952",
     outputs=_stages((24, 40, 80, 960), _STRIDES),
 )
 def mobilenet_v3_large(
@@ -339,6 +342,7 @@ def mobilenet_v3_large(
 @register_block(
     "mobilenet_v3_small",
     **_RESNET,
+    param_count="927008",
     outputs=_stages((16, 24, 40, 576), _STRIDES),
 )
 def mobilenet_v3_small(
@@ -374,6 +378,7 @@ def mobilenet_v3_small(
     },
     infer={"in_channels": "C"},
     requires={"width >= 2": "the stem has width // 2 channels"},
+    param_count="1150 * width * width",
 )
 class TinyConvNet(nn.Module):
     """A plain conv-BN-ReLU trunk with the named stages of the big ones, small enough to train on a CPU in minutes.

@@ -18,6 +18,7 @@ from dagcv.registry import Size, register_block
     inputs={"x": "Image[B, C, H, W]"},
     outputs={"out": "FeatureMap[B, latent_dim, H/4, W/4]"},
     infer={"in_channels": "C"},
+    param_count="16 * hidden_channels * (in_channels + hidden_channels) + hidden_channels * latent_dim",
 )
 class ConvEncoder(nn.Module):
     """Two stride-2 4×4 convs with ReLU, then a 1×1 conv to the latent channels; each side shrinks by 4.
@@ -105,6 +106,7 @@ class VectorQuantizer(nn.Module):
     inputs={"x": "FeatureMap[B, C, H, W]"},
     outputs={"out": "Image[B, out_channels, H*4, W*4]"},
     infer={"in_channels": "C"},
+    param_count="in_channels * hidden_channels + 16 * hidden_channels * (hidden_channels + out_channels)",
 )
 class ConvDecoder(nn.Module):
     """A 1×1 conv with ReLU, then two stride-2 4×4 transposed convs (ReLU between them); each side grows by 4.

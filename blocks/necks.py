@@ -28,6 +28,7 @@ from dagcv.registry import Size, register_block
     },
     outputs={"features": "FeaturePyramid[B, out_channels]"},
     infer={"c2_channels": "C2", "c3_channels": "C3", "c4_channels": "C4", "c5_channels": "C5"},
+    param_count="36 * out_channels * out_channels + out_channels * (c3_channels + c4_channels + c5_channels)",
 )
 class FPN(FeaturePyramidNetwork):
     """Feature pyramid over ``c2``-``c5`` plus a max-pooled extra level (Faster / Mask R-CNN).
@@ -74,6 +75,7 @@ class FPN(FeaturePyramidNetwork):
     },
     outputs={"features": "FeaturePyramid[B, out_channels]"},
     infer={"c3_channels": "C3", "c4_channels": "C4", "c5_channels": "C5"},
+    param_count="45 * out_channels * out_channels + out_channels * (c3_channels + c4_channels + c5_channels)",
 )
 class FPNP3P7(FeaturePyramidNetwork):
     """Feature pyramid P3-P7 over ``c3``-``c5`` with two strided extra levels (RetinaNet, FCOS).

@@ -36,6 +36,7 @@ from dagcv.registry import Size, register_block
     inputs={"x": "FeatureMap[B, C, H, W]"},
     outputs={"out": "Logits[B, num_classes, H, W]"},
     infer={"in_channels": "C"},
+    param_count="9 * in_channels * in_channels // 4 + in_channels // 4 * num_classes",
 )
 class FCNHead(TorchvisionFCNHead):
     """torchvision's FCN head: 3×3 conv to ``C/4`` channels, BatchNorm, ReLU, Dropout(0.1), 1×1 conv to the classes.
@@ -63,6 +64,7 @@ class FCNHead(TorchvisionFCNHead):
     inputs={"x": "FeatureMap[B, C, H, W]"},
     outputs={"out": "Logits[B, num_classes, H, W]"},
     infer={"in_channels": "C"},
+    param_count="(2 + 9 * len(atrous_rates)) * in_channels * 256 + 9 * 256 * 256 + 256 * num_classes",
 )
 class DeepLabV3Head(DeepLabHead):
     """torchvision's DeepLabV3 head: ASPP (256 channels), 3×3 conv, BatchNorm, ReLU, 1×1 conv to the classes.
@@ -94,6 +96,10 @@ class DeepLabV3Head(DeepLabHead):
     inputs={"x": "FeatureMap[B, C, H, W]"},
     outputs={"out": "FeatureMap[B, out_channels, H, W]"},
     infer={"in_channels": "C"},
+    param_count=(
+        "(2 + "
+        "9 * len(atrous_rates)) * in_channels * out_channels + (len(atrous_rates) + 2) * out_channels * out_channels"
+    ),
 )
 class ASPP(TorchvisionASPP):
     """torchvision's atrous spatial pyramid pooling, alone: the encoder end of DeepLabV3+.
@@ -137,6 +143,10 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Se
     inputs={"x": "FeatureMap[B, C, h, w]", "c2": "FeatureMap[B, L, H, W]"},
     outputs={"out": "Logits[B, num_classes, H, W]"},
     infer={"in_channels": "C", "low_level_in_channels": "L"},
+    param_count=(
+        "low_level_in_channels * low_level_channels + "
+        "9 * channels * (in_channels + low_level_channels) + 9 * channels * channels + channels * num_classes"
+    ),
 )
 class DeepLabV3PlusDecoder(nn.Module):
     """The DeepLabV3+ decoder: fuse the ASPP output with low-level features, predict at the low level's stride.
@@ -228,6 +238,7 @@ _UNET_LEVELS = ("s1", "s2", "s3", "s4", "bottom")
         "bottom": "FeatureMap[B, 16*base_channels, H//16, W//16]",
     },
     infer={"in_channels": "C"},
+    param_count="4600 * base_channels * base_channels",
 )
 class UNetEncoder(nn.Module):
     """The contracting path of U-Net: a double 3×3 conv block, then four times 2×2 max-pool and a double conv.
@@ -302,6 +313,7 @@ class UpStep(nn.Module):
         "s4_channels": "C4",
         "bottom_channels": "C5",
     },
+    param_count="10 * bottom_channels * bottom_channels",
 )
 class UNetDecoder(nn.Module):
     """The expanding path of U-Net: from the ``bottom`` up, four steps of upsample, concatenate the skip, double conv.

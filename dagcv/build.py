@@ -19,6 +19,7 @@ from torch import nn
 
 from dagcv.errors import SpecError
 from dagcv.graph import INPUT_PORT, MODES, SpecGraph
+from dagcv.limits import limits
 from dagcv.types import KINDS, format_shape
 
 
@@ -62,14 +63,15 @@ def build(sg: SpecGraph, *, propagate: bool = True) -> BuiltGraph:
     return built
 
 
-def block_error(sg: SpecGraph, node: str, doing: str, exc: BaseException) -> SpecError:
-    """A block's own exception as a diagnostic at its line, or at the parameter the message names."""
+def block_error(sg: SpecGraph, node: str, doing: str, exc: BaseException, *, own: bool = True) -> SpecError:
+    """A block's own exception as a diagnostic at its line, or at the parameter the message names (``own``:
+    the message is the block's, not dagcv's)."""
     contract = sg.node(node)["contract"]
     message = " ".join(str(exc).split()) or type(exc).__name__
     if len(message) > 300:
         message = message[:300] + "..."
     smap = sg.spec.source
-    named = [p.name for p in contract.params if re.search(rf"\b{re.escape(p.name)}\b", message)]
+    named = [p.name for p in contract.params if own and re.search(rf"\b{re.escape(p.name)}\b", message)]
     given = [p for p in named if p in sg.spec.blocks[node].params] if node in sg.spec.blocks else []
     span = smap.value("blocks", node, given[0]) if given else smap.key("blocks", node)
     hint = f"check parameter '{(given or named)[0]}'" if named else "check the block's parameters"
@@ -199,6 +201,12 @@ def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict, mode: str
     # Boxes and detections come out of data-dependent steps (NMS, top-k) whose meta results would feed the next
     # block sizes it cannot use: such blocks run on real values.
     structured = any(p.parsed.kind in ("Boxes", "Detections") for p in contract.outputs)
+    cap = limits().real_values
+    if (structured or _is_small(module, args)) and _values(args) > cap:
+        raise block_error(sg, name, "propagating shapes through", RuntimeError(
+            f"it runs on real values, and its inputs hold {_values(args):,} at the example sizes (limit {cap:,}); "
+            "give smaller example sizes (sizes:) or a lighter graph"
+        ), own=False)  # fmt: skip
     with torch.no_grad():
         try:
             if structured or _is_small(module, args):
@@ -207,6 +215,9 @@ def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict, mode: str
                 try:
                     out = _meta_call(module, args)
                 except Exception:
+                    if _values(args) > cap:
+                        raise RuntimeError(f"it cannot run on meta tensors, and its inputs hold {_values(args):,} "
+                                           f"values at the example sizes (limit {cap:,})") from None  # fmt: skip
                     out = module(*[_realize(a) for a in args])
         except ContractError:
             raise
@@ -288,6 +299,17 @@ def _map_tensors(value: Any, fn: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_map_tensors(v, fn) for v in value)
     return value
+
+
+def _values(value: Any) -> int:
+    """Elements of every tensor inside ``value`` (meta tensors count as what they stand for)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, dict):
+        return sum(_values(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_values(v) for v in value)
+    return 0
 
 
 def _realize_tensor(value: torch.Tensor) -> torch.Tensor:

@@ -272,12 +272,19 @@ def estimate_params(sg: SpecGraph, node: str) -> int:
     the largest given size squared times the number of given sizes, plus the largest inferred size (an input
     width) times the largest given size. An MLP with ``hidden: [4096] * 10`` gets 4096² × 11 + ... for its 1.7e8
     weights, a two-layer box head over 256×7×7 RoI features 1024² + 12544 × 1024 for its 1.4e7. It refuses
-    absurd sizes without importing the block; it is no parameter count (``dagcv compile`` prints that).
+    absurd sizes without importing the block; it is no parameter count (``dagcv compile`` prints that). A block
+    whose layers multiply its sizes (3×3 convolutions, stages that double their width) states its own estimate
+    in its contract (``param_count``).
     """
     data = sg.node(node)
     contract = data.get("contract")
     if contract is None or not contract.module or contract.family not in WEIGHTED_FAMILIES:
         return 0
+    if contract.param_count:
+        env = {**data.get("params", {}), **{k: v for k, v in data.get("inferred", {}).items() if v is not None}}
+        counted = rules.value(contract.param_count, env)
+        if isinstance(counted, int | float):
+            return int(counted)
     given = _sizes([v for k, v in data.get("params", {}).items() if k not in contract.infer])
     inferred = _sizes(list(data.get("inferred", {}).values()))
     estimate = max(given) ** 2 * len(given) if given else 0

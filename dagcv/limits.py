@@ -36,7 +36,8 @@ class Limits:
     dim_depth: int = 32  # nesting of one dim expression
     dim_value: int = 2**40  # any dim at the example sizes
     params: int = 2_000_000_000  # estimated parameters of the whole model
-    activation_gib: float = 16.0  # estimated activations at the example sizes, every block output summed
+    activation_gib: float = 8.0  # estimated activations at the example sizes, every block output summed
+    real_values: int = 2**28  # values a block may be run on for real while compile propagates shapes
 
     @classmethod
     def parse(cls, text: str, base: Limits | None = None) -> Limits:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import annotated_types as at
+from pydantic import StrictBool, StrictFloat, StrictInt
 
 from dagcv.types import PortType, parse_port_type
 
@@ -93,6 +94,7 @@ class Contract:
     module: bool = True  # an nn.Module that becomes part of the lowered model
     requires: dict[str, str] = field(default_factory=dict)  # rule expression -> why (dagcv.rules)
     checkpoints: tuple[str, ...] = ()  # parameters that name a torch checkpoint file
+    param_count: str | None = None  # an estimate of the block's weights (a dagcv.rules expression)
 
     def input(self, name: str) -> PortDecl | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -115,7 +117,7 @@ class Contract:
             "inputs": [_port_json(p) for p in self.inputs],
             "outputs": [_port_json(p) for p in self.outputs],
             "params": [vars(p) for p in self.params], "infer": self.infer,
-            "requires": self.requires, "checkpoints": list(self.checkpoints),
+            "requires": self.requires, "checkpoints": list(self.checkpoints), "param_count": self.param_count,
         }  # fmt: skip
 
     @staticmethod
@@ -127,6 +129,7 @@ class Contract:
             outputs=tuple(PortDecl(**p) for p in data["outputs"]),
             params=tuple(ParamDecl(**p) for p in data["params"]), infer=dict(data["infer"]),
             requires=dict(data.get("requires", {})), checkpoints=tuple(data.get("checkpoints", ())),
+            param_count=data.get("param_count"),
         )  # fmt: skip
 
 
@@ -223,6 +226,7 @@ def register_block(
     module: bool = True,
     requires: dict[str, str] | None = None,
     checkpoints: tuple[str, ...] = (),
+    param_count: str | None = None,
 ) -> Callable[[Any], Any]:
     """Register a class or builder function as block ``name`` with its port contract.
 
@@ -239,6 +243,9 @@ def register_block(
             ``dagcv check`` catches what would fail in ``dagcv compile``.
         checkpoints: parameters that name a local torch checkpoint (``weights``); ``dagcv check`` verifies the
             file is one before anything loads it.
+        param_count: roughly how many weights the block holds, as an expression over its parameters and inferred
+            arguments, for blocks whose layers multiply their sizes (``"1150 * width * width"``); ``dagcv check``
+            refuses a spec whose estimate passes the limit. Without it a generic estimate applies.
     """
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"block name '{name}' must be snake_case")
@@ -247,7 +254,9 @@ def register_block(
 
     def decorate(obj: Any) -> Any:
         contract = _contract_for(obj, name, family, inputs or {}, outputs, infer or {}, default_mode, module)
-        contract = replace(contract, requires=dict(requires or {}), checkpoints=tuple(checkpoints))
+        contract = replace(
+            contract, requires=dict(requires or {}), checkpoints=tuple(checkpoints), param_count=param_count
+        )
         _check_rules(contract)
         _LIVE.add(contract, obj)
         if _REGISTRY is not None:
@@ -305,7 +314,7 @@ def _check_rules(contract: Contract) -> None:
     known = {p.name for p in contract.params}
     for port in contract.inputs:
         known |= {d.expr for d in port.parsed.dims or () if d.symbol or d.variadic}
-    for expr in contract.requires:
+    for expr in [*contract.requires, *([contract.param_count] if contract.param_count else [])]:
         unknown = [n for n in names(expr) if n not in known]
         if unknown:
             raise TypeError(f"block '{contract.name}': rule {expr!r} reads {unknown}, not parameters or input symbols")
@@ -376,7 +385,8 @@ def annotation_text(tp: Any) -> str:
     raise TypeError(f"unsupported parameter type {tp!r}: use int, float, bool, str, list, tuple, dict, Literal")
 
 
-_TYPE_NAMESPACE = {"int": int, "float": float, "bool": bool, "str": str, "None": None, "Any": Any,
+# Strict scalars: a spec's `true` is no 1 and its `2.5` no 2 (Pydantic's lax mode would convert both).
+_TYPE_NAMESPACE = {"int": StrictInt, "float": StrictFloat, "bool": StrictBool, "str": str, "None": None, "Any": Any,
                    "list": list, "tuple": tuple, "dict": dict, "Literal": Literal, "Annotated": Annotated,
                    **{b.__name__: b for b in _BOUNDS}}  # fmt: skip
 

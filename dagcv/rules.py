@@ -86,6 +86,14 @@ def holds(expr: str, env: Mapping[str, Any]) -> bool | None:
         return None
 
 
+def value(expr: str, env: Mapping[str, Any]) -> Any:
+    """The value of an expression (a contract's ``param_count``); ``None`` when a value it reads is missing."""
+    try:
+        return _eval(parse_rule(expr), env)
+    except _NotApplicable:
+        return None
+
+
 def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
     try:
         return _eval_node(node, env)

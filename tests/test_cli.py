@@ -29,6 +29,27 @@ def test_check_every_shipped_spec_without_importing_torch() -> None:
     assert run.stdout.startswith("ok: ")
 
 
+def test_check_never_imports_torch_whatever_the_spec_uses(tmp_path) -> None:
+    # COCO mAP with early stopping on one of its sub-metrics, detection blocks, an env and a policy, all in one file.
+    detection = (ROOT / "specs" / "retinanet_r18_shapes.yaml").read_text()
+    detection = detection.replace(
+        "metrics: [{type: map", "early_stopping: {metric: val/map_50}\n  metrics: [{type: map"
+    )
+    rl = (ROOT / "specs" / "actor_critic_cartpole.yaml").read_text()
+    specs = [tmp_path / "det.yaml", tmp_path / "rl.yaml"]
+    specs[0].write_text(detection)
+    specs[1].write_text(rl)
+    probe = (
+        "import sys; from dagcv.cli import main\n"
+        "try:\n    main(['check', *sys.argv[1:]])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'torchmetrics', 'blocks')]\n"
+        "assert not bad, bad[:5]\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe, *map(str, specs)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+
+
 def test_compile_writes_resolved_spec_model_and_summary(tmp_path) -> None:
     out = tmp_path / "out"
     run = dagcv("compile", "specs/lenet_mnist.yaml", "-o", str(out))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import blocks  # noqa: F401 - registers every shipped block
@@ -47,11 +48,25 @@ def test_contract_rejects_positional_or_unannotated_arguments() -> None:
             def __init__(self, *, fn: object = None): ...
 
 
-def test_annotation_text_round_trips() -> None:
+def test_annotation_text_round_trips_to_strict_types() -> None:
     from typing import Literal
 
-    for tp in [int, float | None, list[int], tuple[int, ...], dict[str, float], Literal["a", "b"], bool]:
-        assert reg.annotation_type(reg.annotation_text(tp)) == tp
+    from pydantic import StrictBool, StrictFloat, StrictInt
+
+    pairs = [
+        (int, StrictInt), (float | None, StrictFloat | None), (list[int], list[StrictInt]),
+        (tuple[int, ...], tuple[StrictInt, ...]), (dict[str, float], dict[str, StrictFloat]),
+        (Literal["a", "b"], Literal["a", "b"]), (bool, StrictBool),
+    ]  # fmt: skip
+    for tp, strict in pairs:
+        assert reg.annotation_type(reg.annotation_text(tp)) == strict
+    sizes = reg.annotation_type(reg.annotation_text(tuple[reg.Size, ...]))
+    from pydantic import TypeAdapter, ValidationError
+
+    assert TypeAdapter(sizes).validate_python([1, 2]) == (1, 2)
+    for bad in ([0], [True], [2.0]):
+        with pytest.raises(ValidationError):
+            TypeAdapter(sizes).validate_python(bad)
 
 
 PLUGIN = '''

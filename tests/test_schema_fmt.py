@@ -103,11 +103,3 @@ def test_schema_covers_the_training_sections(validator) -> None:
     spec = yaml.safe_load((ROOT / "specs" / "lenet_mnist.yaml").read_text())
     spec["data"]["train"]["batchsize"] = 3
     assert list(validator.iter_errors(spec))
-
-
-def test_transform_names_are_torchvision_v2_classes() -> None:
-    from torchvision.transforms import v2
-
-    from dagcv.train.plan import TRANSFORMS
-
-    assert all(isinstance(getattr(v2, cls, None), type) for cls in TRANSFORMS.values())

@@ -254,8 +254,9 @@ def _mutate_data(rng: random.Random, data: Any, gentle: bool = False) -> str:
         parent.clear()
         parent.update(items)
         return f"rename {path} -> {new!r:.40}"
-    name = rng.choice(list(blocks))
-    block = blocks[name]
+    needs_block = ("block_type", "param", "new_param", "copy_block", "wiring", "weights")
+    name = rng.choice(list(blocks)) if op in needs_block else ""
+    block = blocks[name] if op in needs_block else {}
     if op == "block_type":
         block["type"] = rng.choice(_block_types())
         return f"type of {name} = {block['type']}"
@@ -370,7 +371,7 @@ def _mutate_text(rng: random.Random, text: str, syntax: str) -> tuple[str, str, 
             parts[rng.randrange(len(parts))] = " " + rng.choice(DIM_EXPRS)
             return "dim expression", text[: m.start()] + ",".join(parts) + text[m.end() :], None
     if op == "utf8":
-        raw = text.encode("utf-8")
+        raw = text.encode("utf-8", "surrogatepass")
         p = rng.randrange(len(raw) + 1)
         junk = rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80", b"\xfe\xff", b"\xef\xbb\xbf"])
         return f"bytes {junk!r}", text, raw[:p] + junk + raw[p:]
@@ -558,7 +559,12 @@ def worker(seed: int) -> None:
         os.chdir(tmp)
         for line in sys.stdin:
             index = int(line)
-            res = run_mutant(make_mutant(seed, index), Path(tmp))
+            try:
+                mutant = make_mutant(seed, index)
+            except Exception as exc:  # a bug in the mutator, not in dagcv: report it and go on
+                res = Result(index, "?", "?", [], problems=[f"fuzzer error: {type(exc).__name__}: {exc}"])
+            else:
+                res = run_mutant(mutant, Path(tmp))
             out.write(json.dumps(asdict(res)) + "\n")
 
 
@@ -649,7 +655,10 @@ def fuzz(seed: int, indices: list[int], workers: int, timeout: float, max_rss: i
 
 
 def _lost(seed: int, index: int | None, why: str) -> Result:
-    m = make_mutant(seed, index or 0)
+    try:
+        m = make_mutant(seed, index or 0)
+    except Exception:
+        return Result(index or 0, "?", "?", [], problems=[why])
     return Result(m.index, m.base, m.syntax, m.ops, problems=[why])
 
 

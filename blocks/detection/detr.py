@@ -62,6 +62,10 @@ def sine_position_encoding(height: int, width: int, dim: int, *, temperature: fl
         "d_model % 4 == 0": "the sine position encoding splits d_model into four parts",
         "d_model % nhead == 0": "each attention head takes d_model / nhead channels",
     },
+    param_count=(
+        "(num_encoder_layers + "
+        "num_decoder_layers) * (4 * d_model + 2 * dim_feedforward) * d_model + (num_queries + in_channels) * d_model"
+    ),
 )
 class DetrTransformer(nn.Module):
     """DETR's transformer: a feature map in, one ``d_model`` embedding per learned object query out.

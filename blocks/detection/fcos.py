@@ -35,6 +35,7 @@ _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor", "bbox_ctrn
     outputs=_HEAD_OUTPUTS,
     infer={"in_channels": "C"},
     requires={"in_channels % 32 == 0": "its GroupNorm layers have 32 groups"},
+    param_count="18 * num_convs * in_channels * in_channels + 9 * in_channels * (num_classes + 5)",
 )
 class FCOSHead(nn.Module):
     """FCOS's shared head: per point, class logits, ``l, t, r, b`` regression (ReLU) and a centre-ness logit.

@@ -38,6 +38,7 @@ _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor"}
     inputs={"features": "FeaturePyramid[B, C]"},
     outputs=_HEAD_OUTPUTS,
     infer={"in_channels": "C"},
+    param_count="72 * in_channels * in_channels + 9 * in_channels * num_anchors * (num_classes + 4)",
 )
 class RetinaHead(RetinaNetHead):
     """RetinaNet's shared head: per anchor, ``num_classes`` sigmoid logits and 4 box deltas, over every level.

@@ -442,6 +442,7 @@ class MaskRoiSelect(nn.Module):
     inputs={"x": "FeatureMap[R, C, S, S]"},
     outputs={"out": "FeatureMap[R, channels, S, S]"},
     infer={"in_channels": "C"},
+    param_count="9 * num_convs * channels * max(channels, in_channels)",
 )
 def mask_head(*, in_channels: Size, channels: Size = 256, num_convs: Count = 4, dilation: Size = 1) -> MaskRCNNHeads:
     """torchvision's ``MaskRCNNHeads``: ``num_convs`` 3×3 conv + ReLU layers over each RoI's features.

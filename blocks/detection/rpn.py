@@ -45,6 +45,7 @@ def _rpn_methods(**kwargs: object) -> RegionProposalNetwork:
         "pred_bbox_deltas": "FeaturePyramid[B, 4*num_anchors]",
     },
     infer={"in_channels": "C"},
+    param_count="9 * conv_depth * in_channels * in_channels + 5 * num_anchors * in_channels",
 )
 class RpnHead(nn.Module):
     """torchvision's ``RPNHead``: a shared 3×3 conv, then per-anchor objectness logits and box deltas on every level.

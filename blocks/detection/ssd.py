@@ -47,6 +47,7 @@ def ssdlite_norm_layer() -> partial[nn.BatchNorm2d]:
     inputs={"x": "Image[B, 3, H, W]"},
     outputs={"features": "FeaturePyramid"},
     checkpoints=("weights",),
+    param_count="2072672",
 )
 def ssdlite_mobilenet_v3_large(
     *, reduced_tail: bool = True, weights: str | None = None, trainable_layers: MobileNetLayers = 6

@@ -48,6 +48,7 @@ _GRID_INPUTS = {
     inputs={"features": "FeatureMap[B, C, H, W]"},
     outputs=_GRID_OUTPUTS,
     infer={"in_channels": "C"},
+    param_count="9 * hidden_channels * in_channels + hidden_channels * (5 * num_boxes + num_classes)",
 )
 class YoloGridHead(nn.Module):
     """Per grid cell: ``num_boxes`` boxes ``(x, y, w, h)`` and objectness in ``[0, 1]``, and class logits.
@@ -267,14 +268,16 @@ class YoloGridPostprocess(nn.Module):
     """Detections from the grid: score every (predictor, class) and keep the best after class-wise NMS.
 
     The score of class ``c`` for predictor ``a`` of a cell is ``objectness · P(c | object)`` (YOLO's
-    class-specific confidence). Candidates above ``score_thresh`` are decoded to pixels of ``images`` (clipped to
-    ``image_sizes`` when given, else to the image), suppressed per class by ``torchvision.ops.batched_nms`` and cut
-    to the best ``detections_per_img``. Labels are ``c + 1``.
+    class-specific confidence). Candidates above ``score_thresh`` (at most the ``topk_candidates`` best, as
+    torchvision's dense detectors cap theirs, so NMS never sees a quadratic number of pairs on a large grid) are
+    decoded to pixels of ``images`` (clipped to ``image_sizes`` when given, else to the image), suppressed per class
+    by ``torchvision.ops.batched_nms`` and cut to the best ``detections_per_img``. Labels are ``c + 1``.
 
     Args:
         score_thresh: minimum score of a kept detection.
         nms_thresh: IoU above which NMS drops the lower-scored of two boxes of the same class.
         detections_per_img: detections kept per image.
+        topk_candidates: the best candidates per image that go into NMS.
 
     Example:
         >>> pred = torch.full((1, 1, 1, 1, 4), 0.5)  # a 1×1 grid: one box in the middle, half the image
@@ -285,12 +288,18 @@ class YoloGridPostprocess(nn.Module):
     """
 
     def __init__(
-        self, *, score_thresh: Fraction = 0.05, nms_thresh: Fraction = 0.5, detections_per_img: Size = 100
+        self,
+        *,
+        score_thresh: Fraction = 0.05,
+        nms_thresh: Fraction = 0.5,
+        detections_per_img: Size = 100,
+        topk_candidates: Size = 1000,
     ) -> None:
         super().__init__()
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        self.topk_candidates = topk_candidates
 
     def forward(
         self,
@@ -308,8 +317,11 @@ class YoloGridPostprocess(nn.Module):
         for image_boxes, image_scores, size in zip(xyxy, scores, sizes, strict=True):
             keep = image_scores > self.score_thresh
             box_index, classes = keep.nonzero(as_tuple=True)
-            kept_boxes = clip_boxes_to_image(image_boxes[box_index], (int(size[0]), int(size[1])))
             kept_scores = image_scores[box_index, classes]
+            if kept_scores.numel() > self.topk_candidates:
+                kept_scores, top = kept_scores.topk(self.topk_candidates)
+                box_index, classes = box_index[top], classes[top]
+            kept_boxes = clip_boxes_to_image(image_boxes[box_index], (int(size[0]), int(size[1])))
             best = batched_nms(kept_boxes, kept_scores, classes, self.nms_thresh)[: self.detections_per_img]
             detections.append({"boxes": kept_boxes[best], "scores": kept_scores[best], "labels": classes[best] + 1})
         return detections
@@ -317,5 +329,5 @@ class YoloGridPostprocess(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"score_thresh={self.score_thresh}, nms_thresh={self.nms_thresh}, "
-            f"detections_per_img={self.detections_per_img}"
+            f"detections_per_img={self.detections_per_img}, topk_candidates={self.topk_candidates}"
         )

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from dagcv.graph import SpecGraph
 from dagcv.train.config import SplitConfig, SubsetConfig
-from dagcv.train.plan import TRANSFORMS
+from dagcv.train.transforms import TRANSFORMS
 
 
 class EpochSampler(Sampler[int]):
@@ -70,7 +70,7 @@ def make_transform(steps: list[dict[str, Any]]) -> Any:
     from torchvision.transforms import v2
 
     return v2.Compose(
-        [getattr(v2, TRANSFORMS[s["type"]])(**{k: v for k, v in s.items() if k != "type"}) for s in steps]
+        [getattr(v2, TRANSFORMS[s["type"]].cls)(**{k: v for k, v in s.items() if k != "type"}) for s in steps]
     )
 
 

@@ -17,25 +17,8 @@ from dagcv.errors import did_you_mean
 from dagcv.graph import SpecGraph, validate_params
 from dagcv.spec.parse import validation_diagnostics
 from dagcv.train.config import LOOPS, PLANNED_LOOPS, DataConfig, SplitConfig, TrainConfig
-from dagcv.types import KINDS, is_subkind
-
-# torchvision.transforms.v2 classes a spec may name (spec name → class name); checked against torchvision in tests.
-TRANSFORMS = {
-    "normalize": "Normalize",
-    "resize": "Resize",
-    "center_crop": "CenterCrop",
-    "random_crop": "RandomCrop",
-    "random_resized_crop": "RandomResizedCrop",
-    "random_horizontal_flip": "RandomHorizontalFlip",
-    "random_vertical_flip": "RandomVerticalFlip",
-    "random_rotation": "RandomRotation",
-    "random_affine": "RandomAffine",
-    "color_jitter": "ColorJitter",
-    "gaussian_blur": "GaussianBlur",
-    "random_erasing": "RandomErasing",
-    "pad": "Pad",
-    "grayscale": "Grayscale",
-}
+from dagcv.train.transforms import TRANSFORMS, image_shape
+from dagcv.types import KINDS, Dim, ShapeError, bind_shape, evaluate_dims, format_shape, is_subkind
 
 
 @dataclass
@@ -90,16 +73,10 @@ def _check_split(sg: SpecGraph, name: str, split: SplitConfig) -> dict[str, int]
         return None
     params = {k: v for k, v in split.dataset.items() if k != "type"}
     sg.g.add_node(f"data.{name}", kind="dataset", span=smap.key(*where), mode="both")  # for validate_params' errors
-    validate_params(sg, f"data.{name}", contract, params, path=where)
+    params = validate_params(sg, f"data.{name}", contract, params, path=where)
+    valid_params = "poisoned" not in sg.node(f"data.{name}")
     sg.g.remove_node(f"data.{name}")
-    for i, t in enumerate(split.transforms):
-        kind = t.get("type")
-        if not isinstance(kind, str) or kind not in TRANSFORMS:
-            sg.error(
-                f"data.{name}: unknown transform {kind!r}",
-                smap.value("data", name, "transforms", i, "type"),
-                hint=did_you_mean(str(kind), TRANSFORMS) or f"transforms: {', '.join(TRANSFORMS)}",
-            )
+    transforms_ok = _check_transforms(sg, name, split)
     outputs = [p.name for p in contract.outputs]
     wanted = [n for n in sg.spec.inputs if not KINDS[sg.node(n)["type"].kind].static] if _inputs_ok(sg) else []
     mapping: dict[str, int] = {}
@@ -125,8 +102,71 @@ def _check_split(sg: SpecGraph, name: str, split: SplitConfig) -> dict[str, int]
                 hint=f"map another field with `fields: {{{inp}: ...}}`",
             )
             continue
+        if valid_params and transforms_ok:
+            _check_field_shape(sg, name, split, contract, src, inp, params)
         mapping[inp] = outputs.index(src)
     return mapping
+
+
+def _check_transforms(sg: SpecGraph, name: str, split: SplitConfig) -> bool:
+    """Each transform is known and its arguments valid; True when all are."""
+    ok = True
+    for i, step in enumerate(split.transforms):
+        kind = step.get("type")
+        path = ("data", name, "transforms", i)
+        if not isinstance(kind, str) or kind not in TRANSFORMS:
+            sg.error(
+                f"data.{name}: unknown transform {kind!r}",
+                sg.spec.source.value(*path, "type"),
+                hint=did_you_mean(str(kind), TRANSFORMS) or f"transforms: {', '.join(TRANSFORMS)}",
+            )
+            ok = False
+        elif _validate(sg, TRANSFORMS[kind].args, {k: v for k, v in step.items() if k != "type"}, path) is None:
+            ok = False
+    return ok
+
+
+def _check_field_shape(
+    sg: SpecGraph, name: str, split: SplitConfig, contract: Any, field: str, inp: str, params: dict
+) -> None:
+    """The field's declared shape, through the split's image transforms, fits the spec input's pattern."""
+    declared = contract.output(field).parsed
+    wanted = sg.node(inp)["type"]
+    if declared.dims is None or wanted.dims is None or any(not (d.symbol or d.expr.isdigit()) for d in wanted.dims):
+        return  # a pattern with expressions is checked at the example sizes only
+    env = {"B": Dim.symbol("B", split.batch_size), **{k: v for k, v in params.items() if type(v) is int}}
+    try:
+        dims = evaluate_dims(declared.dims, env)
+        if is_subkind(declared.kind, "Image") and len(dims) == 4 and split.transforms:
+            chw = image_shape(split.transforms, [d.value for d in dims[1:]])
+            dims = [dims[0], *(Dim.const(v) for v in chw)]
+    except (ShapeError, ValueError) as exc:
+        sg.error(f"data.{name}: {exc}", sg.spec.source.key("data", name, "transforms"))
+        return
+    mismatch = bind_shape(wanted.dims, dims, {}, lambda _: False)
+    if mismatch is None:
+        return
+    after = " after its transforms" if split.transforms else ""
+    sg.error(
+        f"data.{name}: '{contract.name}' yields {field} {declared.kind}[{format_shape(dims).replace('×', ', ')}]"
+        f"{after}, but spec input '{inp}' is {wanted}: {mismatch.message}",
+        sg.spec.source.key("data", name, "dataset"),
+        hint=_adapt_hint(name, dims, wanted, mismatch.index),
+    )
+
+
+def _adapt_hint(split: str, dims: list, wanted: Any, index: int | None) -> str:
+    """The transform that would make the data fit (a channel conversion or a resize)."""
+    where = f"data.{split}.transforms"
+    if index == 1 and len(dims) == 4:
+        have, want = dims[1].value, wanted.dims[1].expr
+        if have == 1 and want == "3":
+            return f"add {{type: rgb}} to {where}: it repeats the grey channel three times"
+        if have == 3 and want == "1":
+            return f"add {{type: grayscale}} to {where}"
+    if index in (2, 3) and len(wanted.dims) == 4 and all(d.expr.isdigit() for d in wanted.dims[2:]):
+        return f"add {{type: resize, size: [{wanted.dims[2].expr}, {wanted.dims[3].expr}]}} to {where}"
+    return "use a dataset that yields this shape, or change the spec input"
 
 
 def _inputs_ok(sg: SpecGraph) -> bool:

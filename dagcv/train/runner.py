@@ -36,7 +36,7 @@ from dagcv.compiler import Compiled, compile_spec
 from dagcv.errors import SpecError
 from dagcv.files import write_text_atomically
 from dagcv.spec import Spec, load_spec
-from dagcv.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dagcv.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, state_dict_mismatch
 from dagcv.train.config import TrainConfig
 from dagcv.train.data import SplitLoader, batch_size, build_dataset, move_to
 from dagcv.train.loops import NonFiniteLoss, SupervisedLoop, make_groups
@@ -471,7 +471,15 @@ def evaluate_checkpoint(spec: Spec, ckpt: Path, split: str | None = None) -> dic
     """Load a checkpoint's weights into the spec's model and compute the metrics of a split."""
     trainer = Trainer(spec, Options(quiet=True), run_dir=Path(os.devnull))
     state = load_checkpoint(Path(ckpt))
-    trainer.model.load_state_dict(state.get("model", state), strict=True)
+    weights = state.get("model", state)
+    mismatch = state_dict_mismatch(trainer.model, weights)
+    if mismatch:
+        raise SpecError.at(
+            None,
+            f"{ckpt} does not fit the model of {spec.source.file}:\n  " + "\n  ".join(mismatch),
+            hint="evaluate a checkpoint of a run of this spec (its run directory holds the spec it was trained with)",
+        )
+    trainer.model.load_state_dict(weights, strict=True)
     if split is not None and split != trainer.cfg.eval_split:
         trainer.eval_loader = trainer._loader(split, train=False)
         trainer.cfg = trainer.cfg.model_copy(update={"eval_split": split})

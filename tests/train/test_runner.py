@@ -129,6 +129,17 @@ def test_eval_of_the_final_checkpoint_matches_the_run(tmp_path) -> None:
     assert (run / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "env.json").read_text())["torch"] == torch.__version__
     assert "dropout: 0.0" in (run / "spec.resolved.yaml").read_text()
+    # The same checkpoint on a changed model: the differences in a few lines, exit 2, no traceback.
+    other = dagcv("eval", DIGITS, "--ckpt", str(run / "checkpoints" / "last.pt"),
+                  "--set", "blocks.classifier.hidden=[128, 32, 16]")  # fmt: skip
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
+    assert "does not fit the model of" in other.stderr
+    assert "unexpected in the checkpoint" not in other.stderr and "missing in the checkpoint: classifier (2 keys)" in (
+        other.stderr
+    )
+    assert "shapes differ: classifier.layers.1.weight is 64×128 in the checkpoint, 32×128 here" in other.stderr
+    not_a_checkpoint = dagcv("eval", DIGITS, "--ckpt", DIGITS)
+    assert not_a_checkpoint.returncode == 2 and "is not a torch checkpoint" in not_a_checkpoint.stderr
 
 
 def test_unknown_override_path_is_a_spec_error() -> None:
