@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint format manifest images graphviz bench clean
+.PHONY: setup demo test test-fast lint format manifest images graphviz bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Everything, the slow end-to-end tests included (what CI runs), in two pytest processes.
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
+
+# Daily work: everything but the tests marked slow.
+test-fast: setup lint
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -92,6 +92,7 @@ def match_anchors(anchors: list[Tensor], targets: list[dict[str, Tensor]], match
     inputs={**_HEAD_OUTPUTS, "anchors": "Boxes", "targets": "Targets"},
     outputs={"classification": "Loss[]", "bbox_regression": "Loss[]"},
     default_mode="train",
+    requires={"bg_iou_thresh <= fg_iou_thresh": "torchvision's Matcher ignores the IoUs between the two thresholds"},
 )
 class RetinaLoss(nn.Module):
     """RetinaNet's training losses: sigmoid focal loss over all non-ignored anchors, L1 on the foreground deltas.

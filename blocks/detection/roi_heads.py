@@ -54,6 +54,7 @@ def _reg_weights(weights: list[float] | None) -> tuple[float, float, float, floa
         "matched_idxs": "Labels[R]",
         "regression_targets": "Tensor[R, 4]",
     },
+    requires={"bg_iou_thresh <= fg_iou_thresh": "torchvision's Matcher ignores the IoUs between the two thresholds"},
 )
 class RoiSampler(nn.Module):
     """Training RoIs as torchvision's ``RoIHeads.select_training_samples`` picks them; evaluation passes through.

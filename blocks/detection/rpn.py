@@ -163,6 +163,7 @@ class RpnProposals(nn.Module):
     },
     outputs={"loss_objectness": "Loss[]", "loss_rpn_box_reg": "Loss[]"},
     default_mode="train",
+    requires={"bg_iou_thresh <= fg_iou_thresh": "torchvision's Matcher ignores the IoUs between the two thresholds"},
 )
 class RpnLoss(nn.Module):
     """RPN losses, as torchvision computes them: anchors matched to the ground truth, sampled, then scored.
