@@ -83,6 +83,9 @@ class Diagnostic:
         return "\n".join(_CONTROL.sub("\ufffd", line) for line in lines)
 
 
+EXCERPT_WIDTH = 160  # characters of a source line shown under a diagnostic
+
+
 def _excerpt(span: Span | None, sources: dict[str, str] | None) -> list[str]:
     if span is None or not sources or span.file not in sources:
         return []
@@ -90,14 +93,20 @@ def _excerpt(span: Span | None, sources: dict[str, str] | None) -> list[str]:
     if not 1 <= span.line <= len(text_lines):
         return []
     text = text_lines[span.line - 1]
+    col = span.col
     width = 1
     if span.end_col is not None and (span.end_line in (None, span.line)) and span.end_col > span.col:
         width = span.end_col - span.col
-    width = max(1, min(width, len(text) - span.col + 1))
+    if len(text) > EXCERPT_WIDTH:  # a very long line: a window around the column, the cut ends marked with …
+        start = max(0, min(col - 1 - EXCERPT_WIDTH // 4, len(text) - EXCERPT_WIDTH))
+        end = start + EXCERPT_WIDTH
+        text = ("\u2026" if start else "") + text[start:end] + ("\u2026" if end < len(text) else "")
+        col = col - start + (1 if start else 0)
+    width = max(1, min(width, len(text) - col + 1))
     gutter = " " * len(str(span.line))
     return [
         f"  {span.line} | {text}",
-        f"  {gutter} | {' ' * (span.col - 1)}^{'~' * (width - 1)}",
+        f"  {gutter} | {' ' * (col - 1)}^{'~' * (width - 1)}",
     ]
 
 

@@ -6,7 +6,8 @@ validation sees it, :func:`sanitize`
 - normalises every string and mapping key to Unicode NFC, so that ``café`` typed with a combining accent and
   with a precomposed one is one name (two spellings of one key in one mapping are a duplicate key);
 - refuses lone surrogates (``"\\ud800"``), which no file, terminal or Graphviz can encode;
-- refuses integers beyond 64 bits, strings longer than the limit and nesting deeper than the limit.
+- refuses integers beyond 64 bits, strings longer than the limit, nesting deeper than the limit and more values
+  than the limit.
 
 Every problem is a positioned diagnostic, all of them reported together.
 
@@ -43,8 +44,13 @@ class _Sanitizer:
         self.caps = caps
         self.errors: list[Diagnostic] = []
         self.renamed: dict[Path, Path] = {}  # original path -> normalised path, for the source map
+        self.count = 0
 
     def value(self, value: Any, path: Path, new_path: Path, depth: int) -> Any:
+        self.count += 1
+        if self.count == self.caps.nodes + 1:
+            self.errors.append(Diagnostic(f"spec holds more than {self.caps.nodes:,} values", self.smap.value(*path),
+                                          hint="see `dagcv --limit nodes=...`"))  # fmt: skip
         if depth > self.caps.depth:
             self.errors.append(Diagnostic("value is nested too deeply", self.smap.value(*path),
                                           hint=f"nesting limit: {self.caps.depth}"))  # fmt: skip
