@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -26,7 +27,8 @@ def resolved_spec(built: BuiltGraph) -> str:
     spec = sg.spec
     sizes = {"B": 2, **spec.sizes}
     lines = [
-        f"# Resolved by dagcv {__version__} from {spec.source.file}: every default and inferred value filled in.",
+        f"# Resolved by dagcv {__version__} from {_one_line(spec.source.file)}: "
+        "every default and inferred value filled in.",
         "dagcv: 1",
         f"name: {spec.name}",
     ]
@@ -64,6 +66,11 @@ def resolved_spec(built: BuiltGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _one_line(path: str) -> str:
+    """A file name as it can stand in a comment: escaped like a JSON string if it holds a line break or a quote."""
+    return path if path.isprintable() and '"' not in path and "`" not in path else json.dumps(path)
+
+
 def _shape(built: BuiltGraph, node: str, port: str) -> str:
     data = built.sg.node(node)
     dims = data.get("shapes", {}).get(port)
@@ -96,7 +103,7 @@ def summary_markdown(built: BuiltGraph) -> str:
     out = [
         f"# {built.sg.spec.name}",
         "",
-        f"Compiled by dagcv {__version__} from `{built.sg.spec.source.file}`.",
+        f"Compiled by dagcv {__version__} from `{_one_line(built.sg.spec.source.file)}`.",
         "",
         "| node | block | mode | output | parameters |",
         "|---|---|---|---|---:|",

@@ -16,15 +16,24 @@ def dagcv(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dagcv.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_check_every_shipped_spec_without_importing_torch() -> None:
-    probe = (
-        "import sys; from dagcv.cli import main\n"
-        "try:\n    main(['check', *sys.argv[1:]])\n"
-        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-        "assert 'torch' not in sys.modules, 'dagcv check imported torch'\n"
-        "assert not any(m.startswith('blocks') for m in sys.modules), 'dagcv check imported the blocks'\n"
+# Runs `dagcv check` on the files given and fails if it imported torch, torchvision, torchmetrics or the blocks.
+CHECK_WITHOUT_TORCH = (
+    "import sys; from dagcv.cli import main\n"
+    "try:\n    main(['check', *sys.argv[1:]])\n"
+    "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+    "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'torchmetrics', 'blocks')]\n"
+    "assert not bad, f'dagcv check imported {bad[:5]}'\n"
+)
+
+
+def check_without_torch(*specs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", CHECK_WITHOUT_TORCH, *map(str, specs)], capture_output=True, text=True, cwd=ROOT
     )
-    run = subprocess.run([sys.executable, "-c", probe, *map(str, SPECS)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_check_every_shipped_spec_without_importing_torch() -> None:
+    run = check_without_torch(*SPECS)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("ok: ")
 
@@ -35,18 +44,10 @@ def test_check_never_imports_torch_whatever_the_spec_uses(tmp_path) -> None:
     detection = detection.replace(
         "metrics: [{type: map", "early_stopping: {metric: val/map_50}\n  metrics: [{type: map"
     )
-    rl = (ROOT / "specs" / "actor_critic_cartpole.yaml").read_text()
     specs = [tmp_path / "det.yaml", tmp_path / "rl.yaml"]
     specs[0].write_text(detection)
-    specs[1].write_text(rl)
-    probe = (
-        "import sys; from dagcv.cli import main\n"
-        "try:\n    main(['check', *sys.argv[1:]])\n"
-        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'torchmetrics', 'blocks')]\n"
-        "assert not bad, bad[:5]\n"
-    )
-    run = subprocess.run([sys.executable, "-c", probe, *map(str, specs)], capture_output=True, text=True, cwd=ROOT)
+    specs[1].write_text((ROOT / "specs" / "actor_critic_cartpole.yaml").read_text())
+    run = check_without_torch(*specs)
     assert run.returncode == 0, run.stderr
 
 

@@ -99,12 +99,16 @@ def test_nan_and_inf_parameters_eject_as_float_calls_and_the_model_loads(tmp_pat
     ejected.load_state_dict(compiled.module.state_dict())
 
 
-def test_a_source_file_name_cannot_end_the_ejected_docstring(tmp_path: Path) -> None:
-    spec = tmp_path / 'x"""; import os  #.yaml'
+def test_a_source_file_name_cannot_end_the_ejected_docstring_or_add_keys(tmp_path: Path) -> None:
+    spec = tmp_path / 'x"""; import os  #\nname: evil.yaml'
     spec.write_text(LENET)
-    model_py = compile_file(spec).files(source_name=str(spec))["model.py"]
-    tree = compile(model_py, "model.py", "exec")  # still one docstring, then imports and the class
-    assert 'x\\"\\"\\"' in model_py and tree is not None
+    files = compile_file(spec).files(source_name=str(spec))
+    compile(files["model.py"], "model.py", "exec")  # still one docstring, then imports and the class
+    assert 'x\\"\\"\\"' in files["model.py"] and "\nname: evil" not in files["model.py"]
+    from dagcv.spec import parse_spec_text
+
+    assert parse_spec_text(files["spec.resolved.yaml"], "resolved.yaml").name == "n"
+    assert "\nname: evil" not in files["summary.md"]
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.5
-PROBE = (
+PROBE = (  # the same probe as tests/test_cli.py's
     "import sys\nfrom dagcv.cli import main\n"
     "try:\n    main(['check', sys.argv[1]])\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-    "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'blocks', 'torchvision'))]\n"
+    "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'torchmetrics', 'blocks')]\n"
     "assert not bad, f'dagcv check imported {bad[:3]}'\n"
 )
 
