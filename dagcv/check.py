@@ -321,12 +321,37 @@ def check_resources(sg: SpecGraph) -> None:
             node=worst,
             hint="check its sizes; to allow bigger models: dagcv --limit params=<n>",
         )
+    for name in sg.blocks():
+        _check_real_values(sg, name, cap.real_values)
     if total_acts > cap.activation_gib * 2**30:
         worst = max(acts, key=acts.__getitem__)
         sg.error(f"the model's outputs at the example sizes would take about {_gib(total_acts)} of memory, above the "
                  f"limit {cap.activation_gib:g} GiB; '{worst}' alone {_gib(acts[worst])}", sg.node(worst)["span"],
                  node=worst, hint="check `sizes:` and the sizes of this block; to allow more: dagcv --limit "
                  "activation_gib=<n>")  # fmt: skip
+
+
+def _check_real_values(sg: SpecGraph, name: str, cap: int) -> None:
+    """A block that outputs boxes or detections runs on real values when compile propagates shapes (NMS and top-k
+    decide its output sizes): the tensors it reads must stay within the limit. Non-tensor inputs (pyramids, boxes)
+    have no size here; ``dagcv compile`` checks those when it runs the block."""
+    contract = sg.node(name).get("contract")
+    if contract is None or not any(p.parsed.kind in ("Boxes", "Detections") for p in contract.outputs):
+        return
+    values = 0
+    for u, d in sg.in_edges(name):
+        dims = (sg.node(u).get("shapes") or {}).get(d["src_port"])
+        kind = sg.out_type(u, d["src_port"])
+        if dims is not None and kind is not None and KINDS[kind.kind].tensor:
+            values += math.prod(max(x.value, 0) for x in dims)
+    if values > cap:
+        sg.error(
+            f"'{name}' ({contract.name}) runs on real values when compile propagates shapes, and its inputs hold "
+            f"{values:,} at the example sizes (limit {cap:,})",
+            sg.node(name)["span"],
+            node=name,
+            hint="give smaller example sizes (sizes:); to allow more: dagcv --limit real_values=<n>",
+        )
 
 
 def _count(n: int) -> str:

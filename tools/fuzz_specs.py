@@ -1,4 +1,4 @@
-"""Mutate the shipped specs at random and run ``dagcv check`` and ``dagcv compile`` on every mutant.
+"""Mutate the shipped specs at random and run ``dagcv check``, ``compile`` and ``render`` on every mutant.
 
 The contract under test (issue 11): whatever the file, dagcv answers with a positioned diagnostic (exit 2) or a
 result (exit 0) -- never a traceback (exit 1), a hang or a memory blow-up -- leaves no files behind when it
@@ -274,7 +274,8 @@ def _mutate_data(rng: random.Random, data: Any, gentle: bool = False) -> str:
         blocks[new] = json.loads(json.dumps(block))
         return f"copy {name} -> {new!r:.40}"
     if op == "wiring":
-        sources = [*blocks, *(data.get("inputs") or {})]
+        inputs = data.get("inputs")
+        sources = [*blocks, *(inputs if isinstance(inputs, dict) else {})]
         block["in"] = rng.choice([rng.choice(sources), f"{rng.choice(sources)}.{rng.choice(NAMES)}", [name], name,
                                   {"x": rng.choice(sources)}, rng.choice(INJECTIONS)])  # fmt: skip
         return f"wire {name} <- {block['in']!r:.40}"
@@ -411,6 +412,7 @@ class Result:
     ops: list[str]
     check: int | None = None  # exit codes
     compile: int | None = None
+    render: int | None = None
     problems: list[str] = field(default_factory=list)  # crash signatures, leftovers, unsafe model.py...
     seconds: float = 0.0
 
@@ -458,6 +460,10 @@ def run_mutant(mutant: Mutant, workdir: Path) -> Result:
                 res.problems.append(f"files left after a failed compile: {left}")
             if res.check == 0 and not crash:
                 res.problems.append("check accepted, compile rejected")
+        # render draws invalid specs too (with their errors): the DOT text only, without running dot
+        res.render, crash = _invoke(["render", str(spec), "-o", str(case / "graph.dot")])
+        if crash:
+            res.problems.append(f"render traceback: {crash}")
     finally:
         shutil.rmtree(case, ignore_errors=True)
         res.seconds = time.perf_counter() - start
@@ -666,10 +672,13 @@ def summarize(results: list[Result], seconds: float) -> str:
     n = len(results)
     checked = collections.Counter(r.check for r in results)
     compiled = collections.Counter(r.compile for r in results)
+    rendered = collections.Counter(r.render for r in results)
     lines = [
         f"{n} mutants in {seconds:.0f} s ({n / max(seconds, 1e-9):.1f}/s)",
         f"check:   {checked.get(0, 0)} accepted, {checked.get(2, 0)} rejected (exit 2), {checked.get(1, 0)} exit 1",
         f"compile: {compiled.get(0, 0)} compiled, {compiled.get(2, 0)} rejected (exit 2), {compiled.get(1, 0)} exit 1",
+        f"render:  {rendered.get(0, 0)} drawn, {rendered.get(2, 0)} drawn with errors or refused (exit 2), "
+        f"{rendered.get(1, 0)} exit 1",
     ]
     kinds = collections.Counter()
     examples: dict[str, int] = {}

@@ -55,6 +55,9 @@ def _transform(
         "image_sizes": "ImageSizes[B, 2]",
         "targets": f"Targets[B, {_RESIZED_H}, {_RESIZED_W}]",
     },
+    requires={
+        "len(image_mean) in [1, 3] and len(image_std) in [1, 3]": "one mean and one std per channel, or one for all",
+    },
 )
 class RCNNTransform(nn.Module):
     """Normalise, resize (shorter side to ``min_size``, longer at most ``max_size``) and pad a detection batch.
@@ -106,6 +109,9 @@ class RCNNTransform(nn.Module):
         "images": "Image[B, 3, height, width]",
         "image_sizes": "ImageSizes[B, 2]",
         "targets": "Targets[B, height, width]",
+    },
+    requires={
+        "len(image_mean) in [1, 3] and len(image_std) in [1, 3]": "one mean and one std per channel, or one for all",
     },
 )
 class FixedSizeTransform(nn.Module):
