@@ -35,7 +35,7 @@ class Limits:
     dim_chars: int = 256  # one dim expression (`(H-4)//2`)
     dim_depth: int = 32  # nesting of one dim expression
     dim_value: int = 2**40  # any dim at the example sizes
-    params: int = 2_000_000_000  # estimated parameters of the whole model
+    params: int = 1_000_000_000  # estimated parameters of the whole model (4 GiB of float32 weights)
     activation_gib: float = 8.0  # estimated activations at the example sizes, every block output summed
     real_values: int = 2**28  # values a block may be run on for real while compile propagates shapes
 

@@ -17,8 +17,10 @@ parameterless torchvision ``RoIHeads``, so their results and random draws are to
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Annotated
 
 import torch
+from annotated_types import Le
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -27,6 +29,10 @@ from torchvision.ops import MultiScaleRoIAlign, RoIAlign, RoIPool
 
 from blocks.detection.rpn import image_size_list
 from dagcv.registry import Count, Fraction, PositiveFloat, Size, register_block
+
+# Sampling points per bin side (a value <= 0 lets RoIAlign adapt it to the box): more than 32² points per bin only
+# costs time.
+SamplingRatio = Annotated[int, Le(32)]
 
 
 def _roi_heads_methods(**kwargs: object) -> RoIHeads:
@@ -154,7 +160,7 @@ class MultiScaleRoiAlign(nn.Module):
         *,
         featmap_names: list[str] | None = None,
         output_size: Size = 7,
-        sampling_ratio: int = 2,
+        sampling_ratio: SamplingRatio = 2,
         canonical_scale: Size = 224,
         canonical_level: Size = 4,
     ) -> None:
@@ -203,7 +209,7 @@ class RoiAlign(nn.Module):
         *,
         output_size: Size = 7,
         spatial_scale: PositiveFloat = 0.0625,
-        sampling_ratio: int = -1,
+        sampling_ratio: SamplingRatio = -1,
         aligned: bool = False,
     ) -> None:
         super().__init__()
