@@ -146,17 +146,19 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
         inferred[arg] = value
     env_all.update({k: v for k, v in inferred.items() if k not in env and v is not None})
     # An output symbol that no input, parameter or size binds is decided by the data (the number of RoIs).
-    for port in contract.outputs:
-        for p in port.parsed.dims or ():
+    out_types = {port.name: sg.out_type(name, port.name) or port.parsed for port in contract.outputs}
+    for port_type in out_types.values():
+        for p in port_type.dims or ():
             if p.symbol is not None and not p.variadic and p.symbol not in env_all:
                 env_all[p.symbol] = Dim.at_runtime(p.symbol)
     shapes = {}
     for port in contract.outputs:
-        if port.parsed.dims is None:
+        port_type = out_types[port.name]
+        if port_type.dims is None:
             shapes[port.name] = None
             continue
         try:
-            shapes[port.name] = evaluate_dims(port.parsed.dims, env_all)
+            shapes[port.name] = evaluate_dims(port_type.dims, env_all)
             empty = [(i, d) for i, d in enumerate(shapes[port.name]) if d.value <= 0 and not d.runtime]
             if empty:
                 i, d = empty[0]
@@ -164,7 +166,7 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
                 raise ShapeError(f"{what} would be {d.value}: the input is too small")
         except ShapeError as exc:
             sg.error(
-                f"'{name}' ({contract.name}) cannot produce its output '{port.name}' ({port.type}): {exc}",
+                f"'{name}' ({contract.name}) cannot produce its output '{port.name}' ({port_type}): {exc}",
                 data["span"],
                 node=name,
                 port=port.name,

@@ -263,6 +263,38 @@ def blocks(name: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
+def loops(name: str | None) -> None:
+    """List the training loops (`train.loop`), or show one loop's config keys."""
+    from dagcv.errors import did_you_mean
+    from dagcv.train.loops import loop_info, loop_names
+
+    if name is None:
+        for n in loop_names():
+            info = loop_info(n)
+            click.echo(f"{n:<12} {info.doc} (clock: {info.clock})")
+        return
+    info = loop_info(name)
+    if info is None:
+        raise SpecError.at(None, f"unknown loop '{name}'", hint=did_you_mean(name, loop_names()) or "`dagcv loops`")
+    click.echo(f"{name}: {info.doc}\n  config: {info.config.__module__}.{info.config.__name__}")
+    click.echo(f"  implementation: {info.target.replace(':', '.')}\n  clock: {info.clock}\n\n  train: keys")
+    for key, field in info.config.model_fields.items():
+        default = "required" if field.is_required() else f"default {json.dumps(field.get_default(), default=str)}"
+        click.echo(f"    {key}: {_annotation(field.annotation)} ({default})")
+        if field.description:
+            click.echo(f"        {field.description}")
+
+
+def _annotation(tp: object) -> str:
+    import re
+
+    text = getattr(tp, "__name__", None) if isinstance(tp, type) else None
+    text = text or str(tp).replace("typing.", "")
+    return re.sub(r"dagcv\.[\w.]+\.", "", text)
+
+
+@main.command()
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "-o",

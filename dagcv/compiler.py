@@ -20,6 +20,7 @@ Pass = Callable[[graph.SpecGraph], None]
 STATIC_PASSES: list[Pass] = [
     graph.add_inputs,
     graph.resolve_blocks,
+    graph.refine_ports,
     graph.connect,
     graph.check_outputs,
     graph.check_argument_names,
@@ -84,13 +85,23 @@ class Compiled:
 
 def compile_spec(spec: Spec, reg: Registry | None = None) -> Compiled:
     """Check, build and lower a spec (imports torch and the blocks it uses)."""
+    try:
+        sg = check_spec(spec, reg)
+    except SpecError as exc:
+        exc.sources.setdefault(spec.source.file, spec.source.text)
+        raise
+    return compile_checked(sg)
+
+
+def compile_checked(sg: graph.SpecGraph) -> Compiled:
+    """Build and lower a graph that passed ``check_spec``."""
     from dagcv.build import build
     from dagcv.lower import lower
 
     try:
-        built = build(check_spec(spec, reg))
+        built = build(sg)
     except SpecError as exc:
-        exc.sources.setdefault(spec.source.file, spec.source.text)
+        exc.sources.setdefault(sg.spec.source.file, sg.spec.source.text)
         raise
     return Compiled(built, lower(built))
 

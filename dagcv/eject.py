@@ -12,6 +12,7 @@ from typing import Any
 
 from dagcv import __version__
 from dagcv.build import BuiltGraph
+from dagcv.graph import SpecGraph
 from dagcv.lower import Program, Value, class_name_for, make_program
 
 # The methods an ejected class may have: node names must not shadow them (dagcv.names derives its list from this).
@@ -67,7 +68,19 @@ def eject(built: BuiltGraph, source_name: str | None = None) -> str:
             "",
             *_method("forward_eval", evaluate, ports, only_used=True),
         ]
+    for name, (outputs, mode) in loop_programs(sg).items():
+        out += ["", *_method(name, make_program(sg, mode, outputs), ports)]
     return "\n".join(out).rstrip() + "\n"
+
+
+def loop_programs(sg: SpecGraph) -> dict[str, tuple[list[str], str]]:
+    """The named programs of the spec's training loop (``act`` and ``update`` for PPO), if it has one."""
+    plan = getattr(sg, "training", None)
+    cfg = plan.train if plan is not None else None
+    if cfg is None:
+        return {}
+    kinds = {name: t.kind for name, (n, p) in sg.outputs.items() if (t := sg.out_type(n, p)) is not None}
+    return cfg.programs(kinds)
 
 
 def _explicit_kwargs(built: BuiltGraph, node: str) -> dict[str, Any]:

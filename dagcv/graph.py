@@ -70,6 +70,8 @@ class SpecGraph:
         data = self.g.nodes[node]
         if data["kind"] == "input":
             return data.get("type")
+        if port in data.get("out_types", {}):
+            return data["out_types"][port]  # refined from the block's parameters (an env's spaces)
         contract = data.get("contract")
         decl = contract.output(port) if contract else None
         return decl.parsed if decl else None
@@ -142,6 +144,27 @@ def resolve_blocks(sg: SpecGraph) -> None:
         data["contract"] = contract
         data["mode"] = decl.mode or contract.default_mode
         data["params"] = validate_params(sg, name, contract, decl.params)
+
+
+def refine_ports(sg: SpecGraph) -> None:
+    """Blocks whose output types follow from their parameters (an env block's spaces) get them here."""
+    import importlib
+
+    for name in sg.blocks():
+        data = sg.node(name)
+        contract = data.get("contract")
+        if contract is None or contract.refine is None or not sg.healthy(name):
+            continue
+        module, _, function = contract.refine.partition(":")
+        hook = getattr(importlib.import_module(module), function)
+        try:
+            types = hook(data["params"])
+        except ValueError as exc:
+            param = getattr(exc, "param", None)
+            span = sg.spec.source.value("blocks", name, param) if param else data["span"]
+            sg.error(f"'{name}' ({contract.name}): {exc}", span, node=name, hint=getattr(exc, "hint", None))
+            continue
+        data["out_types"] = {port: parse_port_type(text) for port, text in types.items()}
 
 
 def validate_params(

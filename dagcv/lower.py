@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import keyword
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,13 +87,19 @@ def _static_input(sg: SpecGraph, name: str) -> bool:
     return port_type is not None and KINDS[port_type.kind].static
 
 
-def make_program(sg: SpecGraph, mode: str) -> Program:
+def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None) -> Program:
+    """The straight-line program of ``mode``: every node of that mode and every spec output, or, given
+    ``outputs`` (spec output names), only those outputs and the nodes they depend on (a *named program*: a loop's
+    ``act`` computes the action distribution without the losses). Its inputs are then the ones it reads."""
     program = Program(mode)
     used: set[Value] = set()
     needed: set[Value] = set()  # values some required port reads; an input read only by optional ports may be None
+    wanted = None if outputs is None else _ancestors(sg, [sg.outputs[o][0] for o in outputs])
     for name in sg.order():
         data = sg.node(name)
         if data["kind"] != "block" or mode not in MODES[data["mode"]] or data["contract"].is_source:
+            continue
+        if wanted is not None and name not in wanted:
             continue
         contract = data["contract"]
         wired = {d["dst_port"]: Value(u, d["src_port"]) for u, d in sg.in_edges(name)}
@@ -105,15 +112,28 @@ def make_program(sg: SpecGraph, mode: str) -> Program:
         needed.update(a for a, p in zip(args, ports, strict=False) if a is not None and not p.parsed.optional)
         program.steps.append(Step(name, args, multi=len(contract.outputs) > 1))
     for out, (node, port) in sg.outputs.items():
-        if mode in MODES[sg.node(node)["mode"]]:
+        if mode in MODES[sg.node(node)["mode"]] and (outputs is None or out in outputs):
             program.outputs[out] = Value(node, port)
             used.add(Value(node, port))
             needed.add(Value(node, port))
     optional = False
     for name, value in runtime_inputs(sg):
+        if outputs is not None and value not in used:
+            continue  # a named program takes only what it reads
         optional = optional or value not in needed  # Python: no required argument after an optional one
         program.inputs.append(Arg(name, value, value in used, optional))
     return program
+
+
+def _ancestors(sg: SpecGraph, nodes: list[str]) -> set[str]:
+    """``nodes`` and every node they read from, directly or not."""
+    seen, todo = set(nodes), list(nodes)
+    while todo:
+        for u, _ in sg.in_edges(todo.pop()):
+            if u not in seen:
+                seen.add(u)
+                todo.append(u)
+    return seen
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,6 +185,8 @@ class DagModule(nn.Module):
         # Plain attributes (not submodules): the GraphModules share our children, so state_dict lists each
         # parameter once and .to()/.train() reach them through us.
         self._graph_modules: dict[str, fx.GraphModule] = {}
+        self._programs: dict[tuple[tuple[str, ...], str], fx.GraphModule] = {}
+        self._sg: SpecGraph | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         gm = self._graph_modules["train" if self.training else "eval"]
@@ -173,6 +195,24 @@ class DagModule(nn.Module):
     def graph_module(self, mode: str | None = None) -> fx.GraphModule:
         """The GraphModule of ``mode`` (default: the current one)."""
         return self._graph_modules[mode or ("train" if self.training else "eval")]
+
+    def program(self, outputs: Sequence[str], mode: str = "eval") -> fx.GraphModule:
+        """The named program computing ``outputs`` (spec output names) from what they need, lowered once.
+
+        All programs call this module's children, so they share parameters, optimizer state and state_dict keys::
+
+            act = model.program(["policy", "value"])          # observation → distribution, value
+            update = model.program(["pg_loss", "v_loss"], "train")
+        """
+        key = (tuple(outputs), mode)
+        if key not in self._programs:
+            assert self._sg is not None, "a DagModule made by lower() knows its graph"
+            unknown = [o for o in outputs if o not in self._sg.outputs]
+            if unknown:
+                raise KeyError(f"no spec output {unknown[0]!r}; outputs: {', '.join(self._sg.outputs)}")
+            program = make_program(self._sg, mode, outputs)
+            self._programs[key] = to_fx(program, self, f"{class_name_for(self.spec_name)}Program")
+        return self._programs[key]
 
     @property
     def code(self) -> str:
@@ -188,6 +228,7 @@ def lower(built: BuiltGraph) -> DagModule:
     sg = built.sg
     ports = {n: [p.name for p in sg.node(n)["contract"].outputs] for n in built.modules}
     model = DagModule(built.modules, ports, sg.spec.name)
+    model._sg = sg
     class_name = class_name_for(sg.spec.name)
     programs = {mode: make_program(sg, mode) for mode in ("train", "eval")}
     if programs["train"].signature() == programs["eval"].signature():

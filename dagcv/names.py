@@ -39,9 +39,11 @@ def derive_reserved_names() -> list[str]:
 
     from dagcv.eject import METHODS
     from dagcv.lower import DagModule
+    from dagcv.train.loops import LOOPS
 
     module = DagModule({}, {}, "x")
-    names = {*dir(DagModule), *vars(module), *dir(fx.GraphModule), *METHODS, "self"}
+    programs = {p for info in LOOPS.values() for p in info.config.PROGRAMS}  # methods of ejected models too
+    names = {*dir(DagModule), *vars(module), *dir(fx.GraphModule), *METHODS, *programs, "self"}
     return sorted(n for n in names if not n.startswith("_"))
 
 

@@ -95,6 +95,7 @@ class Contract:
     requires: dict[str, str] = field(default_factory=dict)  # rule expression -> why (dagcv.rules)
     checkpoints: tuple[str, ...] = ()  # parameters that name a torch checkpoint file
     param_count: str | None = None  # an estimate of the block's weights (a dagcv.rules expression)
+    refine: str | None = None  # "module:function" giving output types from the parameters (an env's spaces)
 
     def input(self, name: str) -> PortDecl | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -118,6 +119,7 @@ class Contract:
             "outputs": [_port_json(p) for p in self.outputs],
             "params": [vars(p) for p in self.params], "infer": self.infer,
             "requires": self.requires, "checkpoints": list(self.checkpoints), "param_count": self.param_count,
+            "refine": self.refine,
         }  # fmt: skip
 
     @staticmethod
@@ -129,7 +131,7 @@ class Contract:
             outputs=tuple(PortDecl(**p) for p in data["outputs"]),
             params=tuple(ParamDecl(**p) for p in data["params"]), infer=dict(data["infer"]),
             requires=dict(data.get("requires", {})), checkpoints=tuple(data.get("checkpoints", ())),
-            param_count=data.get("param_count"),
+            param_count=data.get("param_count"), refine=data.get("refine"),
         )  # fmt: skip
 
 
@@ -227,6 +229,7 @@ def register_block(
     requires: dict[str, str] | None = None,
     checkpoints: tuple[str, ...] = (),
     param_count: str | None = None,
+    refine: str | None = None,
 ) -> Callable[[Any], Any]:
     """Register a class or builder function as block ``name`` with its port contract.
 
@@ -246,6 +249,9 @@ def register_block(
         param_count: roughly how many weights the block holds, as an expression over its parameters and inferred
             arguments, for blocks whose layers multiply their sizes (``"1150 * width * width"``); ``dagcv check``
             refuses a spec whose estimate passes the limit. Without it a generic estimate applies.
+        refine: ``"module:function"`` of a torch-free function from the block's parameters to the exact types of
+            (some of) its outputs, for blocks whose ports depend on what a parameter names: an env block's
+            observation and action space come from its Gymnasium id. It raises ``dagcv.envs.PortError``.
     """
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"block name '{name}' must be snake_case")
@@ -255,7 +261,11 @@ def register_block(
     def decorate(obj: Any) -> Any:
         contract = _contract_for(obj, name, family, inputs or {}, outputs, infer or {}, default_mode, module)
         contract = replace(
-            contract, requires=dict(requires or {}), checkpoints=tuple(checkpoints), param_count=param_count
+            contract,
+            requires=dict(requires or {}),
+            checkpoints=tuple(checkpoints),
+            param_count=param_count,
+            refine=refine,
         )
         _check_rules(contract)
         _LIVE.add(contract, obj)

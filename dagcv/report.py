@@ -75,7 +75,7 @@ def _shape(built: BuiltGraph, node: str, port: str) -> str:
     data = built.sg.node(node)
     dims = data.get("shapes", {}).get(port)
     concrete = built.shapes.get((node, port))
-    kind = data["type"].kind if data["kind"] == "input" else data["contract"].output(port).parsed.kind
+    kind = built.sg.out_type(node, port).kind  # type: ignore[union-attr]
     if isinstance(concrete, tuple):
         return f"{kind} {format_shape(dims)} = {'×'.join(map(str, concrete)) or '[]'}"
     return f"{kind} {format_shape(dims)}" if dims is not None else kind

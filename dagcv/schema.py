@@ -15,7 +15,8 @@ from pydantic import ConfigDict, Field, TypeAdapter, create_model
 from dagcv.graph import params_model
 from dagcv.registry import Contract, Registry, registry
 from dagcv.spec.ir import IDENTIFIER, Spec
-from dagcv.train.config import SplitConfig, TrainConfig
+from dagcv.train.config import SplitConfig
+from dagcv.train.loops import LOOPS
 
 SOURCE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
 SCHEMA_ID = "https://dagcv.dev/schema/spec-1.json"
@@ -56,7 +57,9 @@ def spec_schema(reg: Registry | None = None) -> dict[str, Any]:
     fields["blocks"] = (dict[Annotated[str, Field(pattern=IDENTIFIER)], block], Spec.model_fields["blocks"])
     # The training sections, with their own models (dataset entries stay open: their keys depend on the block).
     fields["data"] = (dict[str, SplitConfig] | None, Spec.model_fields["data"])
-    fields["train"] = (TrainConfig | None, Spec.model_fields["train"])
+    # One model per loop; `loop` may be left out (supervised), so the union is not discriminated.
+    train = Union[tuple(info.config for _, info in sorted(LOOPS.items()))]  # noqa: UP007 - a runtime tuple
+    fields["train"] = (train | None, Spec.model_fields["train"])
     model = create_model("DagcvSpec", __config__=ConfigDict(extra="forbid", title="dagcv spec"), **fields)
     schema = TypeAdapter(model).json_schema(by_alias=True)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}

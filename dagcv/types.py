@@ -57,7 +57,8 @@ KINDS: dict[str, Kind] = {
         Kind("Loss", "Scalar", doc="a differentiable scalar to minimise"),
         Kind("Metric", "Scalar", doc="a scalar to log"),
         Kind("Observation", "Tensor", doc="an RL observation batch"),
-        Kind("Action", "Tensor", dtype="int64", doc="an RL action batch"),
+        Kind("Action", "Tensor", dtype="int64", doc="an RL action batch (discrete: one index per sample)"),
+        Kind("BoxAction", "Action", dtype="float32", doc="a batch of continuous actions (B A)"),
         Kind("Reward", "Tensor", doc="an RL reward batch"),
         Kind("Value", "Tensor", doc="a state-value estimate per sample"),
         Kind("FeaturePyramid", "Any", tensor=False, doc="named multi-scale maps, finest first (dict of B C H W)"),
@@ -66,7 +67,9 @@ KINDS: dict[str, Kind] = {
         Kind("Detections", "Any", tensor=False, doc="per-image detections (list of dicts: boxes, scores, labels)"),
         Kind("Distribution", "Any", tensor=False, doc="a torch.distributions object"),
         Kind("Space", "Any", tensor=False, static=True, doc="a Gymnasium space, known at build time"),
-        Kind("ActionSpace", "Space", tensor=False, static=True, doc="an action space; dims: number of actions"),
+        Kind("ActionSpace", "Space", tensor=False, static=True, doc="an action space, known at build time"),
+        Kind("DiscreteSpace", "ActionSpace", tensor=False, static=True, doc="Discrete(n); dims: the number of actions"),
+        Kind("BoxSpace", "ActionSpace", tensor=False, static=True, doc="a Box of continuous actions; dims: its shape"),
         Kind("EnvHandle", "Any", tensor=False, static=True, doc="how to make the environment (build-time)"),
     ]
 }

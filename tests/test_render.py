@@ -100,7 +100,7 @@ def test_lenet_edges_carry_symbolic_and_example_shapes(tmp_path: Path) -> None:
 
 def test_non_tensor_values_are_labelled_with_their_kind(tmp_path: Path) -> None:
     seen = texts(svg_of(load_spec(ROOT / "specs/actor_critic_cartpole.yaml"), tmp_path))
-    assert "ActionSpace" in seen and "Distribution[B, 2]" in seen
+    assert "DiscreteSpace" in seen and "Distribution[B, 2]" in seen
 
 
 def test_shapes_false_drops_edge_labels(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from dagcv.spec import load_spec  # noqa: E402
 from dagcv.train.data import EpochSampler  # noqa: E402
 from dagcv.train.progress import Progress  # noqa: E402
-from dagcv.train.runner import Options, Trainer  # noqa: E402
+from dagcv.train.runner import Options, make_loop  # noqa: E402
 from tests.reference import LENET_KEYS, TutorialNet  # noqa: E402
 
 SPEC = ROOT / "specs" / "lenet_mnist.yaml"
@@ -85,7 +85,7 @@ def main() -> None:
         "train.optimizer={type: sgd, lr: 0.01, momentum: 0.9}",
         "train.metrics=[{type: accuracy, output: logits, target: label}]",
     ] + ([] if real else FAKE)
-    trainer = Trainer(load_spec(SPEC, overrides), Options(quiet=True), run_dir=Path(tempfile.mkdtemp()))
+    trainer = make_loop(load_spec(SPEC, overrides), Options(quiet=True), run_dir=Path(tempfile.mkdtemp()))
     dataset = trainer.train_loader.loader.dataset
     net = TutorialNet(1, 16 * 4 * 4)
     state = trainer.model.state_dict()
@@ -104,7 +104,7 @@ def main() -> None:
     for r in range(args.rounds):
         order.set_epoch(r)
         runs = [
-            ("dagcv", lambda: trainer._train_epoch(progress)),
+            ("dagcv", lambda: trainer.train_epoch(progress)),
             ("hand", lambda: hand_written_epoch(net, loader, optimizer)),
         ]
         for name, run in runs if r % 2 == 0 else runs[::-1]:

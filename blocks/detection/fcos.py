@@ -22,7 +22,7 @@ from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSRegres
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from blocks.detection.postprocess import DensePostprocess
+from blocks.detection.postprocess import Candidates, DensePostprocess
 from dagcv.registry import Count, Fraction, Size, register_block
 
 _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor", "bbox_ctrness": "Logits"}
@@ -251,7 +251,7 @@ class FCOSPostprocess(DensePostprocess):
         score_thresh: Fraction = 0.2,
         nms_thresh: Fraction = 0.6,
         detections_per_img: Size = 100,
-        topk_candidates: Size = 1000,
+        topk_candidates: Candidates = 1000,
     ) -> None:
         super().__init__(
             score_thresh=score_thresh,

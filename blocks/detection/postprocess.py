@@ -9,10 +9,16 @@ over all of an image's candidates and keeps the best ``detections_per_img``: tor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from annotated_types import Gt, Le
 from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
+
+# Candidates that go into NMS, per level or per image. NMS is quadratic, and when `dagcv compile` runs a detector
+# on random example values nearly every score passes the threshold: past ten thousand it would take minutes.
+Candidates = Annotated[int, Gt(0), Le(10_000)]
 
 
 class DensePostprocess(nn.Module):

@@ -26,7 +26,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 
-from blocks.detection.postprocess import DensePostprocess
+from blocks.detection.postprocess import Candidates, DensePostprocess
 from dagcv.registry import Fraction, Size, register_block
 
 _HEAD_OUTPUTS = {"cls_logits": "Logits", "bbox_regression": "Tensor"}
@@ -224,7 +224,7 @@ class RetinaPostprocess(DensePostprocess):
         score_thresh: Fraction = 0.05,
         nms_thresh: Fraction = 0.5,
         detections_per_img: Size = 300,
-        topk_candidates: Size = 1000,
+        topk_candidates: Candidates = 1000,
     ) -> None:
         super().__init__(
             score_thresh=score_thresh,

@@ -18,6 +18,7 @@ import torch  # noqa: F401  (the docstring examples use it)
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
+from blocks.detection.postprocess import Candidates
 from dagcv.registry import Fraction, Size, register_block
 
 
@@ -118,8 +119,8 @@ class RpnProposals(nn.Module):
     def __init__(
         self,
         *,
-        pre_nms_top_n_train: Size = 2000,
-        pre_nms_top_n_test: Size = 1000,
+        pre_nms_top_n_train: Candidates = 2000,
+        pre_nms_top_n_test: Candidates = 1000,
         post_nms_top_n_train: Size = 2000,
         post_nms_top_n_test: Size = 1000,
         nms_thresh: Fraction = 0.7,

@@ -30,7 +30,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead as TvSSDLiteHead
 from torchvision.ops import boxes as box_ops
 
 from blocks.backbones import MobileNetLayers, MobileNetV3Trunk, load_weights_file
-from blocks.detection.postprocess import DensePostprocess
+from blocks.detection.postprocess import Candidates, DensePostprocess
 from dagcv.registry import Fraction, Size, register_block
 
 SSDLITE_CHANNELS = (672, 480, 512, 256, 256, 128)  # the six maps of ssdlite_mobilenet_v3_large (reduced tail)
@@ -309,7 +309,7 @@ class SSDPostprocess(DensePostprocess):
         score_thresh: Fraction = 0.01,
         nms_thresh: Fraction = 0.45,
         detections_per_img: Size = 200,
-        topk_candidates: Size = 400,
+        topk_candidates: Candidates = 400,
     ) -> None:
         super().__init__(
             score_thresh=score_thresh,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image
 
+from blocks.detection.postprocess import Candidates
 from dagcv.registry import Fraction, Size, register_block
 
 _GRID_OUTPUTS = {
@@ -293,7 +294,7 @@ class YoloGridPostprocess(nn.Module):
         score_thresh: Fraction = 0.05,
         nms_thresh: Fraction = 0.5,
         detections_per_img: Size = 100,
-        topk_candidates: Size = 1000,
+        topk_candidates: Candidates = 1000,
     ) -> None:
         super().__init__()
         self.score_thresh = score_thresh

@@ -19,7 +19,7 @@ train:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
@@ -136,18 +136,29 @@ class EarlyStoppingConfig(BaseModel):
     min_delta: float = 0.0
 
 
-LOOPS = ("supervised",)
-PLANNED_LOOPS = ("gan", "multistage", "ppo", "episodic")
-
-
-class TrainConfig(BaseModel):
-    """How to train: the loop, its budget, optimizers, schedule, metrics, evaluation and checkpoints."""
+class RunConfig(BaseModel):
+    """What every loop's ``train:`` section has: the loop's name, the seed, the device and threads, logging and
+    checkpoint intervals. Each loop's config adds its own keys (its budget, its optimizer, its algorithm)."""
 
     model_config = _STRICT
-    loop: str = Field(default="supervised", description=f"one of {', '.join(LOOPS)}")
+    PROGRAMS: ClassVar[tuple[str, ...]] = ()  # the named programs the loop runs (methods of the ejected model)
+
+    loop: str = Field(default="supervised", description="the training loop (`dagcv loops` lists them)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, gt=0, description="torch CPU threads (default: torch's)")
+
+    def programs(self, outputs: dict[str, str]) -> dict[str, tuple[list[str], str]]:
+        """Program name → (spec outputs, mode), given the spec's outputs and their kinds."""
+        return {}
+
+
+class SupervisedConfig(RunConfig):
+    """How to train: the loop, its budget, optimizers, schedule, metrics, evaluation and checkpoints."""
+
+    loop: Literal["supervised"] = "supervised"
     epochs: int | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, gt=0, description="a step budget instead of epochs")
-    seed: int = 0
     optimizer: OptimizerConfig | list[OptimizerConfig]
     schedule: ScheduleConfig | None = None
     grad_clip: float | None = Field(default=None, gt=0, description="max global gradient norm")
@@ -160,11 +171,9 @@ class TrainConfig(BaseModel):
     checkpoint_every: int | None = Field(default=None, gt=0, description="steps between checkpoints (default: epoch)")
     log_every: int = Field(default=10, gt=0, description="steps between logged training losses")
     early_stopping: EarlyStoppingConfig | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(default=None, gt=0, description="torch CPU threads (default: torch's)")
 
     @model_validator(mode="after")
-    def _budget(self) -> TrainConfig:
+    def _budget(self) -> SupervisedConfig:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of 'epochs' or 'steps'")
         return self
@@ -172,3 +181,6 @@ class TrainConfig(BaseModel):
     @property
     def optimizers(self) -> list[OptimizerConfig]:
         return self.optimizer if isinstance(self.optimizer, list) else [self.optimizer]
+
+
+TrainConfig = SupervisedConfig  # the name of the supervised loop's config before loops were plug-ins

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from dagcv.errors import did_you_mean
 from dagcv.graph import SpecGraph, validate_params
 from dagcv.spec.parse import validation_diagnostics
-from dagcv.train.config import LOOPS, PLANNED_LOOPS, DataConfig, SplitConfig, TrainConfig
+from dagcv.train.config import DataConfig, RunConfig, SplitConfig, SupervisedConfig
 from dagcv.train.transforms import TRANSFORMS, image_shape
 from dagcv.types import KINDS, Dim, ShapeError, bind_shape, evaluate_dims, format_shape, is_subkind
 
@@ -24,7 +24,7 @@ from dagcv.types import KINDS, Dim, ShapeError, bind_shape, evaluate_dims, forma
 @dataclass
 class TrainingPlan:
     data: dict[str, SplitConfig]
-    train: TrainConfig | None
+    train: RunConfig | None  # the loop's own config (SupervisedConfig, PPOConfig, ...)
     fields: dict[str, dict[str, int]]  # split → spec input → index of the sample field feeding it
     loss_outputs: list[str]  # spec outputs of kind Loss
 
@@ -44,13 +44,48 @@ def check_training(sg: SpecGraph) -> None:
     if spec.data is None and spec.train is None:
         return
     data_cfg = _validate(sg, DataConfig, spec.data or {}, ("data",))
-    train_cfg = _validate(sg, TrainConfig, spec.train, ("train",)) if spec.train is not None else None
     splits: dict[str, SplitConfig] = data_cfg.root if data_cfg else {}
     fields = {name: f for name, split in splits.items() if (f := _check_split(sg, name, split)) is not None}
     losses = [o for o, (n, p) in sg.outputs.items() if _kind(sg, n, p) == "Loss"]
-    if train_cfg is not None:
-        _check_train(sg, train_cfg, splits if data_cfg is not None else None, losses)
+    train_cfg = None
+    if spec.train is not None:
+        info = _loop(sg, spec.train)
+        if info is not None:
+            train_cfg = _validate(sg, info.config, spec.train, ("train",))
+            _explain_foreign_keys(sg, info.name)
+        if train_cfg is not None:
+            info.static_check()(sg, train_cfg, splits if data_cfg is not None else None)
     sg.training = TrainingPlan(splits, train_cfg, fields, losses)  # type: ignore[attr-defined]
+
+
+def _loop(sg: SpecGraph, train: Any) -> Any:
+    """The loop a ``train:`` section names (``supervised`` when it names none), or None after an error."""
+    from dagcv.train.loops import PLANNED, loop_info, loop_names
+
+    name = train.get("loop", "supervised") if isinstance(train, dict) else "supervised"
+    info = loop_info(name) if isinstance(name, str) else None
+    if info is None:
+        planned = name in PLANNED
+        sg.error(
+            f"train.loop: {name!r} is {'planned but not implemented yet' if planned else 'not a training loop'}",
+            sg.spec.source.value("train", "loop"),
+            hint=did_you_mean(str(name), loop_names()) or f"loops: {', '.join(loop_names())} (`dagcv loops`)",
+        )
+    return info
+
+
+def _explain_foreign_keys(sg: SpecGraph, loop: str) -> None:
+    """An unknown key that another loop takes says so ("'minibatches' is a key of the ppo loop")."""
+    from dagcv.train.loops import LOOPS
+
+    for d in sg.diagnostics:
+        if not d.message.startswith("train: unknown key '") or (d.hint or "").startswith("did you mean"):
+            continue
+        key = d.message.split("'")[1]
+        owners = [name for name, info in LOOPS.items() if name != loop and key in info.config.model_fields]
+        if owners:
+            names = owners[0] if len(owners) == 1 else ", ".join(owners[:-1]) + " and " + owners[-1]
+            d.hint = f"'{key}' is a key of the {names} loop{'s' if len(owners) > 1 else ''}, not of {loop}"
 
 
 def _kind(sg: SpecGraph, node: str, port: str) -> str | None:
@@ -173,16 +208,13 @@ def _inputs_ok(sg: SpecGraph) -> bool:
     return all(sg.node(n).get("type") is not None for n in sg.spec.inputs)
 
 
-def _check_train(sg: SpecGraph, cfg: TrainConfig, splits: dict | None, losses: list[str]) -> None:
-    """``splits`` is None when ``data:`` itself was invalid (its errors are reported; no cascade here)."""
+def check_supervised(sg: SpecGraph, cfg: SupervisedConfig, splits: dict | None) -> None:
+    """The supervised loop's static check: splits, Loss outputs, optimizer groups, metrics, early stopping.
+
+    ``splits`` is None when ``data:`` itself was invalid (its errors are reported; no cascade here).
+    """
     smap = sg.spec.source
-    if cfg.loop not in LOOPS:
-        planned = cfg.loop in PLANNED_LOOPS
-        sg.error(
-            f"train.loop: '{cfg.loop}' is {'planned but not implemented yet' if planned else 'unknown'}",
-            smap.value("train", "loop"),
-            hint=did_you_mean(cfg.loop, LOOPS) or f"loops: {', '.join(LOOPS)}",
-        )
+    losses = [o for o, (n, p) in sg.outputs.items() if _kind(sg, n, p) == "Loss"]
     for key in ("train_split", "eval_split") if splits is not None else ():
         split = getattr(cfg, key)
         explicit = key in (sg.spec.train or {})

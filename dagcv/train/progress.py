@@ -8,8 +8,8 @@ from typing import Any
 class Progress:
     """A progress bar on stderr, updated at logging steps only (cheap), or nothing when disabled."""
 
-    def __init__(self, *, enabled: bool, total: int, done: int = 0) -> None:
-        self.enabled, self.total, self.done = enabled, total, done
+    def __init__(self, *, enabled: bool, total: int, done: int = 0, unit: str = "step") -> None:
+        self.enabled, self.total, self.done, self.unit = enabled, total, done, unit
         self._bar: Any = None
         self._task: Any = None
 
@@ -44,7 +44,15 @@ class Progress:
         if self._bar is None:
             return
         losses = "  ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in record.items() if k.startswith("train/"))
-        self._bar.update(self._task, completed=step, info=f"{record['samples_per_s']:,.0f} samples/s  {losses}")
+        speed = next(
+            (f"{record[k]:,.0f} {k.replace('_per_s', '')}/s" for k in ("samples_per_s", "sps") if k in record), ""
+        )
+        self._bar.update(self._task, completed=step, info=f"{speed}  {losses}")
+
+    def line(self, text: str) -> None:
+        """A line printed above the bar (nothing when disabled)."""
+        if self._bar is not None:
+            self._bar.console.print(text)
 
     def epoch_line(self, record: dict[str, Any], epochs: int) -> None:
         """One line per finished epoch, printed above the bar."""

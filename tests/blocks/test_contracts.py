@@ -45,6 +45,8 @@ EXAMPLE_SIZES: dict[str, list[dict[str, Any]]] = {
     "mse_loss": [{"B": 2, "F": [3, 4]}, {"B": 5, "F": []}],
     "mlp_policy": [{"B": 3, "D": 4, "A": 2}, {"B": 1, "D": 6, "A": 5}],
     "mlp_critic": [{"B": 3, "D": 4}],
+    "gaussian_mlp_policy": [{"B": 3, "D": 4, "A": 2}, {"B": 1, "D": 3, "A": 1}],
+    "value_loss": [{"B": 5}],
     "conv_encoder": [{"B": 2, "C": 1, "H": 28, "W": 28}, {"B": 1, "C": 3, "H": 32, "W": 16}],
     "vector_quantizer": [{"B": 2, "D": 16, "H": 7, "W": 7}, {"B": 1, "D": 3, "H": 1, "W": 5}],
     "conv_decoder": [{"B": 2, "C": 16, "H": 7, "W": 7}, {"B": 1, "C": 4, "H": 3, "W": 1}],
@@ -94,12 +96,17 @@ EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
 STRUCTURED = {"FeaturePyramid", "Boxes", "Targets", "Detections"}
 
 
-# Inputs a block reads only the size of (upsampling to the image's size): no gradient reaches them.
-SIZE_ONLY_INPUTS = {"upsample": {"image"}}
+# Inputs no gradient reaches: read only for their size (upsampling to the image's size), or only under an option
+# that is off by default (the old values of value clipping).
+SIZE_ONLY_INPUTS = {"upsample": {"image"}, "value_loss": {"old_value"}}
 
 
 def structured(contract: Contract) -> bool:
-    return any(parse_port_type(p.type).kind in STRUCTURED for p in (*contract.inputs, *contract.outputs))
+    """Ports with no example made from a shape pattern: structured values, and distributions going in (the RL
+    objectives, tested in tests/train/test_rl.py)."""
+    ports = [parse_port_type(p.type).kind for p in (*contract.inputs, *contract.outputs)]
+    ins = [parse_port_type(p.type).kind for p in contract.inputs]
+    return any(k in STRUCTURED for k in ports) or "Distribution" in ins
 
 
 def shipped_modules() -> list[tuple[Contract, Any]]:
@@ -167,6 +174,8 @@ def real_shape(value: Any) -> list[int]:
         return list(value.shape)
     if isinstance(value, Categorical):  # dims of a categorical: its logits (batch, categories)
         return list(value.logits.shape)
+    if isinstance(value, Distribution):  # a Gaussian: its mean (batch, action dims)
+        return list(value.mean.shape)
     raise AssertionError(f"no shape rule for {type(value).__name__}")
 
 

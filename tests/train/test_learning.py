@@ -12,14 +12,19 @@ import torch
 
 from dagcv.compiler import compile_spec
 from dagcv.spec import load_spec
-from dagcv.train.loops import SupervisedLoop, make_groups
+from dagcv.train.optim import GroupStepper, make_groups
 from dagcv.types import KINDS
 from tests.conftest import ROOT, SPECS
 
 # Detectors (a Targets input) learn in their own tests (tests/detection/); the full-size ResNet-50 segmenters are
 # exact to torchvision there too. Everything else trainable overfits one batch here.
 TRAINABLE = [
-    p for p in SPECS if "\ntrain:" in p.read_text() and "Targets[" not in p.read_text() and "_r50" not in p.stem
+    p
+    for p in SPECS
+    if "\ntrain:" in p.read_text()
+    and "loop:" not in p.read_text()  # supervised specs; RL loops in test_rl.py
+    and "Targets[" not in p.read_text()
+    and "_r50" not in p.stem
 ]
 SHAPES_DATA = ("shapes_segmentation",)  # specs trained on generated shapes overfit one real batch of them
 MNIST = ROOT.parent / "shared" / "datasets" / "mnist-t10k"
@@ -77,7 +82,7 @@ def test_overfits_one_batch(spec_path, tmp_path) -> None:
     ]
     cfg = sg.training.train.model_copy(update={"schedule": None, "grad_clip": None, "optimizer": optimizers})
     groups = make_groups(compiled.module, cfg, sg.training.loss_outputs, total_steps=150)
-    loop = SupervisedLoop(compiled.module.train(), groups, grad_clip=None, amp=False, device=torch.device("cpu"))
+    loop = GroupStepper(compiled.module.train(), groups, grad_clip=None, amp=False, device=torch.device("cpu"))
     batch = one_batch(compiled, root=tmp_path / "data")
     first = None
     for step in range(1, 151):

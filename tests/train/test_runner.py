@@ -55,8 +55,8 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert 0 < state["step"] < 45 and state["step"] % 7 == 0, state["step"]
-    assert len(step_losses(run)) > state["step"]  # it logged past its checkpoint before dying
+    assert 0 < state["loop"]["step"] < 45 and state["loop"]["step"] % 7 == 0, state["loop"]["step"]
+    assert len(step_losses(run)) > state["loop"]["step"]  # it logged past its checkpoint before dying
 
     resumed = dagcv("train", "--resume", str(run), "-q")
     assert resumed.returncode == 0, resumed.stderr
@@ -96,7 +96,7 @@ def test_ddp_two_processes_equal_one_process_on_the_same_global_batch(tmp_path) 
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
     two = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")
-    assert one["step"] == two["step"] == 6
+    assert one["loop"]["step"] == two["loop"]["step"] == 6
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, atol=1e-5, rtol=1e-5, msg=key)
     assert not torch.equal(one["model"]["classifier.layers.0.weight"], torch.zeros(1))
@@ -110,7 +110,7 @@ def test_nan_loss_stops_with_the_loss_name_and_a_checkpoint(tmp_path) -> None:
     assert "non-finite loss 'loss'" in result.stderr and "node 'loss'" in result.stderr
     step = int(result.stderr.split("at step ")[1].split()[0])
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["step"] == step - 1  # the last good step
+    assert state["loop"]["step"] == step - 1  # the last good step
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 

@@ -1,10 +1,8 @@
-"""Training-step strategies over the lowered graph.
+"""Optimizers, schedules and optimizer groups, shared by every loop.
 
-A step runs every *optimizer group* whose turn it is: a group owns the parameters of some blocks, minimises a
-weighted sum of some Loss outputs, and steps every ``every`` steps. One group over every block is plain
-supervised learning; a discriminator group and a generator group stepped 5:1 is WGAN's schedule; an actor
-and a critic group is actor-critic. Multi-stage training (a prior on frozen VQ-VAE codes) and RL rollouts
-slot in as other loops over the same groups (see docs/design.md).
+An *optimizer group* owns the parameters of some blocks, minimises a weighted sum of some Loss outputs, and
+steps every ``every`` steps. One group over every block is plain supervised learning; a discriminator group and
+a generator group stepped 5:1 is WGAN's schedule; an actor and a critic group is actor-critic.
 """
 
 from __future__ import annotations
@@ -15,17 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dagcv.train.config import OptimizerConfig, ScheduleConfig, TrainConfig
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite; the run stops after saving the last good state."""
-
-    def __init__(self, losses: dict[str, float], step: int) -> None:
-        bad = {k: v for k, v in losses.items() if not torch.isfinite(torch.tensor(v))}
-        names = ", ".join(f"'{k}' = {v}" for k, v in bad.items()) or ", ".join(losses)
-        super().__init__(f"loss {names} at step {step}")
-        self.losses, self.step = bad, step
+from dagcv.train.config import OptimizerConfig, ScheduleConfig, SupervisedConfig
+from dagcv.train.context import NonFiniteLoss
 
 
 @dataclass
@@ -69,7 +58,9 @@ def make_scheduler(cfg: ScheduleConfig | None, optimizer: torch.optim.Optimizer,
     return main
 
 
-def make_groups(model: nn.Module, cfg: TrainConfig, loss_outputs: list[str], total_steps: int) -> list[OptimizerGroup]:
+def make_groups(
+    model: nn.Module, cfg: SupervisedConfig, loss_outputs: list[str], total_steps: int
+) -> list[OptimizerGroup]:
     """One :class:`OptimizerGroup` per configured optimizer."""
     weights = cfg.losses or dict.fromkeys(loss_outputs, 1.0)
     groups = []
@@ -93,8 +84,9 @@ def make_groups(model: nn.Module, cfg: TrainConfig, loss_outputs: list[str], tot
     return groups
 
 
-class SupervisedLoop:
-    """Forward the train program, sum each group's weighted losses, backward, clip, step."""
+class GroupStepper:
+    """One training step over optimizer groups: forward the train program, sum each group's weighted losses,
+    backward, clip, step (each group every ``every`` steps)."""
 
     def __init__(
         self,
