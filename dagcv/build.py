@@ -37,7 +37,8 @@ class BuiltGraph:
 
     @property
     def modules(self) -> dict[str, nn.Module]:
-        return {n: m for n, m in self.objects.items() if isinstance(m, nn.Module)}
+        """The modules of the model, each once: a node that shares another's module is not listed."""
+        return {n: m for n, m in self.objects.items() if isinstance(m, nn.Module) and not self.sg.node(n).get("shares")}
 
     def kwargs(self, node: str) -> dict[str, Any]:
         """The constructor arguments a node was built with."""
@@ -53,11 +54,16 @@ def build(sg: SpecGraph, *, propagate: bool = True) -> BuiltGraph:
         if data["kind"] != "block":
             continue
         contract = data["contract"]
+        if data.get("shares"):
+            continue  # the owner's module, set below
         factory = sg.registry.implementation(contract.name)
         try:
             built.objects[name] = factory(**built.kwargs(name))
         except Exception as exc:  # the block refuses its arguments: the spec's mistake, at the block's line
             raise block_error(sg, name, "building", exc) from exc
+    for name in sg.blocks():
+        if sg.node(name).get("shares"):
+            built.objects[name] = built.objects[sg.node(name)["shares"]]
     if propagate:
         propagate_shapes(built)
     return built

@@ -35,14 +35,44 @@ def check_kinds(sg: SpecGraph) -> None:
                 if sg.node(u)["kind"] == "block"
                 else []
             )
-            hint = (
-                f"use {u}.{fits[0]}, which is a {dst.parsed.kind}"
-                if fits
-                else f"'{v}.{d['dst_port']}' needs {dst.parsed.kind}; check which node should feed it"
-            )
+            # A variant of the same thing (a Box action space where a Discrete one goes): name the blocks that take it.
+            variants = _common_parent(src_type.kind, dst.parsed.kind) not in (None, "Any", "Tensor")
+            others = _blocks_taking(sg, contract, d["dst_port"], src_type.kind) if variants else []
+            if fits:
+                hint = f"use {u}.{fits[0]}, which is a {dst.parsed.kind}"
+            elif others:
+                hint = (
+                    f"{', '.join(others)} take{'s' if len(others) == 1 else ''} a {src_type.kind} as '{d['dst_port']}'"
+                )
+            else:
+                hint = f"'{v}.{d['dst_port']}' needs {dst.parsed.kind}; check which node should feed it"
             sg.error(f"kind mismatch: {_where(u, d['src_port'], sg)} is {src_type.kind} but "
                      f"{v}.{d['dst_port']} expects {dst.parsed.kind}", d["span"], node=v, port=d["dst_port"],
                      hint=hint)  # fmt: skip
+
+
+def _common_parent(a: str, b: str) -> str | None:
+    """The nearest kind both ``a`` and ``b`` are subkinds of."""
+    parent: str | None = a
+    while parent is not None and not is_subkind(b, parent):
+        parent = KINDS[parent].parent
+    return parent
+
+
+def _blocks_taking(sg: SpecGraph, contract: object, port: str, kind: str) -> list[str]:
+    """Blocks of the same family whose port of that name takes ``kind`` (a policy for a continuous env)."""
+    out = []
+    for name in sg.registry.names():
+        other = sg.registry.contracts[name]
+        take = other.input(port)
+        if (
+            other.family == contract.family
+            and other.name != contract.name
+            and take
+            and is_subkind(kind, take.parsed.kind)
+        ):
+            out.append(other.name)
+    return out[:3]
 
 
 def _where(node: str, port: str, sg: SpecGraph) -> str:
@@ -198,13 +228,33 @@ def check_checkpoints(sg: SpecGraph) -> None:
     """Parameters that name a checkpoint (``weights``) name a file ``torch.load`` can read."""
     for name in sg.blocks():
         data = sg.node(name)
-        contract = data.get("contract")
+        contract = data.get("contract") if not data.get("shares") else None
         for param in contract.checkpoints if contract else ():
             path = data.get("params", {}).get(param)
             problem = checkpoint_problem(path) if isinstance(path, str) else None
             if problem is not None:
                 sg.error(f"'{name}.{param}': {problem}", sg.spec.source.value("blocks", name, param), node=name,
                          hint=f"{param} names a local file written by torch.save (a state_dict)")  # fmt: skip
+
+
+def check_shared(sg: SpecGraph) -> None:
+    """A node that shares another's module must size it alike: the arguments its inputs imply are the owner's."""
+    for name in sg.blocks():
+        data = sg.node(name)
+        owner = data.get("shares")
+        if owner is None or "inferred" not in data or "inferred" not in sg.node(owner):
+            continue
+        theirs = sg.node(owner)["inferred"]
+        for arg, value in data["inferred"].items():
+            if value is not None and theirs.get(arg) is not None and theirs[arg] != value:
+                sg.error(
+                    f"'{name}' shares '{owner}', but its inputs imply {arg}={value} where '{owner}' has {theirs[arg]}",
+                    sg.spec.source.value("blocks", name, "in"),
+                    node=name,
+                    hint="one module runs on both inputs: they must have the sizes it was built for",
+                    notes=[(sg.node(owner)["span"], f"'{owner}' is defined here")],
+                )
+                break
 
 
 def _absent_symbols(sg: SpecGraph, name: str, env: dict[str, object]) -> set[str]:
@@ -280,8 +330,8 @@ def estimate_params(sg: SpecGraph, node: str) -> int:
     """
     data = sg.node(node)
     contract = data.get("contract")
-    if contract is None or not contract.module or contract.family not in WEIGHTED_FAMILIES:
-        return 0
+    if contract is None or not contract.module or contract.family not in WEIGHTED_FAMILIES or data.get("shares"):
+        return 0  # no weights, or the owner's (counted there)
     if contract.param_count:
         env = {**data.get("params", {}), **{k: v for k, v in data.get("inferred", {}).items() if v is not None}}
         counted = rules.value(contract.param_count, env)

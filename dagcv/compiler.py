@@ -29,6 +29,7 @@ STATIC_PASSES: list[Pass] = [
     check.check_kinds,
     check.input_shapes,
     check.infer_shapes,
+    check.check_shared,
     check.check_resources,
     check.check_checkpoints,
     check_training,

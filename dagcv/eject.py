@@ -13,7 +13,7 @@ from typing import Any
 from dagcv import __version__
 from dagcv.build import BuiltGraph
 from dagcv.graph import SpecGraph
-from dagcv.lower import Program, Value, class_name_for, make_program
+from dagcv.lower import Program, Value, class_name_for, make_program, output_ports
 
 # The methods an ejected class may have: node names must not shadow them (dagcv.names derives its list from this).
 METHODS = ("forward", "forward_train", "forward_eval")
@@ -32,7 +32,7 @@ def eject(built: BuiltGraph, source_name: str | None = None) -> str:
         args = ", ".join(f"{k}={py_literal(v)}" for k, v in _explicit_kwargs(built, node).items())
         lines_init.append(f"        self.{node} = {qualname}({args})")
     programs = {mode: make_program(sg, mode) for mode in ("train", "eval")}
-    ports = {n: [p.name for p in sg.node(n)["contract"].outputs] for n in built.modules}
+    ports = output_ports(sg)
     source = json.dumps(str(source_name or sg.spec.source.file))[1:-1]  # escaped: no quote can end the docstring
     out = [
         f'"""{sg.spec.name}: ejected by dagcv {__version__} from {source}.',
@@ -148,7 +148,7 @@ def _method(name: str, program: Program, ports: dict[str, list[str]], only_used:
 
     lines = [f"    def {name}(self, {params}):" if params else f"    def {name}(self):"]
     for step in program.steps:
-        lines.append(f"        {step.node} = self.{step.node}({', '.join(ref(a) for a in step.args)})")
+        lines.append(f"        {step.node} = self.{step.target}({', '.join(ref(a) for a in step.args)})")
     items = [f"{_key(k)}: {ref(v)}" for k, v in program.outputs.items()]
     one_line = f"        return {{{', '.join(items)}}}"
     if len(one_line) <= 110:

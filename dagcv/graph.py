@@ -131,6 +131,8 @@ def resolve_blocks(sg: SpecGraph) -> None:
             continue
         sg.g.add_node(name, kind="block", span=span, decl=decl, mode=decl.mode or "both")
         check_name(sg, name, span, "block")
+        if decl.shares is not None:
+            continue  # takes its owner's contract below, once every owner is resolved
         contract = sg.registry.get(decl.type)
         if contract is None:
             sg.error(
@@ -144,6 +146,48 @@ def resolve_blocks(sg: SpecGraph) -> None:
         data["contract"] = contract
         data["mode"] = decl.mode or contract.default_mode
         data["params"] = validate_params(sg, name, contract, decl.params)
+    for name, decl in sg.spec.blocks.items():
+        if decl.shares is not None and name in sg.g and sg.node(name)["kind"] == "block":
+            _resolve_shared(sg, name, decl)
+
+
+def _resolve_shared(sg: SpecGraph, name: str, decl: Any) -> None:
+    """A node that ``shares`` another calls the same module: the owner's contract and parameters, its own wiring.
+
+    The owner must be a block of the model that owns its module (no chains of sharing); that the inputs of both
+    calls size the module alike is checked after shapes are inferred (:func:`dagcv.check.check_shared`).
+    """
+    smap = sg.spec.source
+    owner = decl.shares
+    span = smap.value("blocks", name, "shares")
+    blocks = [n for n, d in sg.spec.blocks.items() if n != name and d.shares is None]
+    if owner not in sg.spec.blocks or owner == name:
+        sg.error(f"'{name}' shares unknown block '{owner}'", span, node=name,
+                 hint=did_you_mean(owner, blocks) or f"blocks: {', '.join(blocks)}")  # fmt: skip
+        return
+    if sg.spec.blocks[owner].shares is not None:
+        root = sg.spec.blocks[owner].shares
+        sg.error(f"'{name}' shares '{owner}', which itself shares '{root}'", span, node=name,
+                 hint=f"write `shares: {root}`: every sharing node names the node that owns the module")  # fmt: skip
+        return
+    data, source = sg.node(name), sg.node(owner)
+    if decl.params:
+        first = next(iter(decl.params))
+        sg.error(f"'{name}' shares '{owner}' and takes no parameters of its own, found '{first}'",
+                 smap.key("blocks", name, first), node=name,
+                 hint=f"set them on '{owner}': both calls run one module")  # fmt: skip
+    contract = source.get("contract")
+    if contract is None:
+        data["unresolved_inputs"] = True  # the owner's type is unknown: already reported
+        return
+    if not contract.module:
+        sg.error(f"'{name}' shares '{owner}' ({contract.name}), which is not a module of the model", span,
+                 node=name, hint="only blocks with weights of their own can be called twice")  # fmt: skip
+        return
+    data["shares"] = owner
+    data["contract"] = contract
+    data["mode"] = decl.mode or contract.default_mode
+    data["params"] = dict(source.get("params", {}))
 
 
 def refine_ports(sg: SpecGraph) -> None:
@@ -301,8 +345,10 @@ def _connect_single(sg: SpecGraph, ref: Ref, node: str, contract: Contract) -> N
         sg.error(f"block type '{contract.name}' takes no inputs", ref.span, node=node, hint="remove 'in'")
         return
     src_ports = output_ports(sg, ref.node)
-    if src_ports is None:
-        sg.node(node)["unresolved_inputs"] = True  # the source's own type is unknown: already reported
+    src = sg.node(ref.node)
+    refined = src.get("contract") is not None and src["contract"].refine is not None
+    if src_ports is None or (refined and "out_types" not in src):
+        sg.node(node)["unresolved_inputs"] = True  # the source's own types are unknown: already reported
         return
     if ref.port is not None or len(src_ports) == 1:
         required = [p for p in ports if not p.parsed.optional]

@@ -44,6 +44,10 @@ class Step:
     node: str
     args: list[Value | None]
     multi: bool  # returns a dict of its output ports
+    target: str = ""  # the module it calls: its own, or the one of the node it shares
+
+    def __post_init__(self) -> None:
+        self.target = self.target or self.node
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None)
         args = [a if a is None or mode in MODES[sg.node(a.node)["mode"]] else None for a in args]
         used.update(a for a in args if a is not None)
         needed.update(a for a, p in zip(args, ports, strict=False) if a is not None and not p.parsed.optional)
-        program.steps.append(Step(name, args, multi=len(contract.outputs) > 1))
+        program.steps.append(Step(name, args, multi=len(contract.outputs) > 1, target=data.get("shares", name)))
     for out, (node, port) in sg.outputs.items():
         if mode in MODES[sg.node(node)["mode"]] and (outputs is None or out in outputs):
             program.outputs[out] = Value(node, port)
@@ -148,7 +152,7 @@ def to_fx(program: Program, root: nn.Module, class_name: str) -> fx.GraphModule:
         env[arg.value] = graph.placeholder(arg.name, default_value=default)
     for step in program.steps:
         args = tuple(env[a] if a is not None else None for a in step.args)
-        call = graph.call_module(step.node, args)  # fx names the node after its target: the spec's node name
+        call = graph.create_node("call_module", step.target, args, name=step.node)  # named after the spec's node
         if not step.multi:
             env[Value(step.node, _only_port(root, step))] = call
             continue
@@ -223,10 +227,15 @@ class DagModule(nn.Module):
         return self.graph_module().graph
 
 
+def output_ports(sg: SpecGraph) -> dict[str, list[str]]:
+    """Output port names of every block node (sharing nodes included: they return what their module returns)."""
+    return {n: [p.name for p in sg.node(n)["contract"].outputs] for n in sg.blocks() if "contract" in sg.node(n)}
+
+
 def lower(built: BuiltGraph) -> DagModule:
     """Lower a built graph to a :class:`DagModule` (train and eval programs share one GraphModule if equal)."""
     sg = built.sg
-    ports = {n: [p.name for p in sg.node(n)["contract"].outputs] for n in built.modules}
+    ports = output_ports(sg)
     model = DagModule(built.modules, ports, sg.spec.name)
     model._sg = sg
     class_name = class_name_for(sg.spec.name)

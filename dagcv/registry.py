@@ -47,7 +47,7 @@ FAMILIES = (
     "policy", "critic", "encoder", "quantizer", "decoder", "prior", "generator", "discriminator",
 )  # fmt: skip
 MODES = ("train", "eval", "both")
-RESERVED_KEYS = ("type", "in", "mode")
+RESERVED_KEYS = ("type", "shares", "in", "mode")
 MANIFEST_NAME = "manifest.json"
 ENTRY_POINT_GROUP = "dagcv.blocks"
 

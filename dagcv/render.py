@@ -409,12 +409,14 @@ class _Drawing:
     def _body(self, name: str, data: dict, diags: list[Diagnostic]) -> str:
         """Name, block type, mode, parameters and error lines of a block, as HTML lines."""
         decl = self.sg.spec.blocks.get(name)
-        block_type = data["contract"].name if data.get("contract") else (decl.type if decl else "?")
+        block_type = data["contract"].name if data.get("contract") else (decl.type if decl else None) or "?"
+        if decl is not None and decl.shares is not None:
+            block_type = f"{block_type} · shares {decl.shares}"  # one module, called by two nodes
         mode = self._mode(name)
         head = f'<B>{_h(name)}</B><BR/><FONT POINT-SIZE="10">{_h(block_type)}'
         head += f" · {MODE_NAMES[mode]}" if mode != "both" else ""
         lines = [head + "</FONT>"]
-        if not self.compact:
+        if not self.compact and not data.get("shares"):
             lines += [f'<FONT POINT-SIZE="9" COLOR="{MUTED}">{p}</FONT>' for p in _param_lines(data)]
         return "<BR/>".join(lines) + self._error_lines(diags)
 

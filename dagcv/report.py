@@ -43,14 +43,15 @@ def resolved_spec(built: BuiltGraph) -> str:
         contract = data["contract"]
         inferred = data.get("inferred", {})
         lines.append(f"  {name}:")
-        lines.append(f"    type: {contract.name}")
+        shares = data.get("shares")
+        lines.append(f"    shares: {shares}  # {contract.name}" if shares else f"    type: {contract.name}")
         wires = {d["dst_port"]: (u if d["src_port"] == INPUT_PORT else f"{u}.{d['src_port']}")
                  for u, d in sg.in_edges(name)}  # fmt: skip
         if wires:
             ordered = {p.name: wires[p.name] for p in contract.inputs if p.name in wires}
             lines.append(f"    in: {_flow(ordered)}")
         lines.append(f"    mode: {data['mode']}")
-        for p in contract.params:
+        for p in contract.params if not shares else ():
             value = inferred.get(p.name, data["params"].get(p.name))
             note = f"  # inferred: {contract.infer[p.name]}" if p.name in inferred else ""
             lines.append(f"    {p.name}: {_flow(value)}{note}")
@@ -92,8 +93,10 @@ def summary_rows(built: BuiltGraph) -> list[dict[str, Any]]:
         shapes = "; ".join(
             (f"{p.name}: " if len(contract.outputs) > 1 else "") + _shape(built, name, p.name) for p in contract.outputs
         )
-        rows.append({"node": name, "block": contract.name, "family": contract.family, "mode": data["mode"],
-                     "output": shapes, "params": parameter_count(built.objects.get(name))})  # fmt: skip
+        shares = data.get("shares")
+        rows.append({"node": name, "block": f"{contract.name} (shares {shares})" if shares else contract.name,
+                     "family": contract.family, "mode": data["mode"], "output": shapes,
+                     "params": 0 if shares else parameter_count(built.objects.get(name))})  # fmt: skip
     return rows
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from dagcv.graph import params_model
 from dagcv.registry import Contract, Registry, registry
@@ -43,6 +43,15 @@ def block_model(contract: Contract) -> type:
     )  # fmt: skip
 
 
+class SharedBlock(BaseModel):
+    """A node that calls another node's module again (shared weights): ``{shares: critic, in: fake}``."""
+
+    model_config = ConfigDict(extra="forbid", title="shared block", populate_by_name=True)
+    shares: Annotated[str, Field(pattern=IDENTIFIER, description="the node whose module (and weights) it calls")]
+    in_: Source | dict[str, Source] | None = Field(default=None, alias="in", description="its own inputs")
+    mode: Literal["train", "eval", "both"] | None = None
+
+
 def _wiring_doc(contract: Contract) -> str:
     ports = ", ".join(f"{p.name}: {p.type}" for p in contract.inputs) or "none"
     return f"one source, or a mapping port → source. Inputs: {ports}"
@@ -52,7 +61,8 @@ def spec_schema(reg: Registry | None = None) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a spec, with one entry per registered block."""
     reg = reg or registry()
     models = [block_model(reg.contracts[name]) for name in reg.names()]
-    block = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007 - a runtime tuple of types
+    typed = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007 - a runtime tuple of types
+    block = typed | SharedBlock
     fields = {name: (info.annotation, info) for name, info in Spec.model_fields.items()}
     fields["blocks"] = (dict[Annotated[str, Field(pattern=IDENTIFIER)], block], Spec.model_fields["blocks"])
     # The training sections, with their own models (dataset entries stay open: their keys depend on the block).

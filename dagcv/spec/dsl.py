@@ -42,6 +42,7 @@ RESERVED_PARAMS = {
     "type": "the block type comes after '=': `name = block_type(...)`",
     "in": "write the wiring after '<-': `name = block_type(...) <- source`",
     "mode": "write the mode at the end of the statement: `... @train`, `@eval` or `@both`",
+    "shares": "write `name = &other <- source` to call another node's module again",
 }
 _KEYWORD_TYPES = {k: f"KW_{k.upper()}" for k in KEYWORDS}
 _OPEN = {"LPAR": "(", "LSQB": "[", "LBRACE": "{"}
@@ -252,8 +253,12 @@ class _Reader:
         if not self.define(blocks, path, name_span, "node"):
             return
         self.smap.values[path] = span
-        decl: dict[str, Any] = {"type": str(block_type)}
-        self.smap.values[(*path, "type")] = self.span(block_type)
+        if block_type.type == "SHARE":  # `name = &other`: the same module as another node
+            decl: dict[str, Any] = {"shares": str(block_type)[1:]}
+            self.smap.values[(*path, "shares")] = self.span(block_type).shifted(1)
+        else:
+            decl = {"type": str(block_type)}
+            self.smap.values[(*path, "type")] = self.span(block_type)
         blocks[str(name)] = decl
         if wiring:
             self.wiring(decl, path, wiring)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from dagcv.spec.source import SourceMap
 
@@ -18,16 +18,24 @@ SPEC_VERSION = 1
 
 
 class BlockDecl(BaseModel):
-    """One node: a registered block type, where its inputs come from, its mode, and its parameters."""
+    """One node: a registered block type (or another node whose module it calls again), where its inputs come
+    from, its mode, and its parameters."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    type: str
+    type: str | None = None
+    shares: str | None = Field(default=None, description="another node whose module (and weights) this node calls")
     inputs: Any = Field(default=None, alias="in", description="a source ('node' or 'node.port') or port → source")
     mode: Literal["train", "eval", "both"] | None = Field(
         default=None, description="train: only in model.train(); eval: only in model.eval(); both (the default)"
     )
     params: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the block")
+
+    @model_validator(mode="after")
+    def _type_or_shares(self) -> BlockDecl:
+        if (self.type is None) == (self.shares is None):
+            raise ValueError("give a block 'type', or 'shares: <node>' to call another node's module again")
+        return self
 
 
 class Spec(BaseModel):

@@ -16,7 +16,7 @@ from dagcv.spec.sanitize import sanitize
 from dagcv.spec.source import SourceMap, position
 from dagcv.spec.yaml_loader import load_yaml
 
-_BLOCK_KEYS = ("type", "in", "mode")
+_BLOCK_KEYS = ("type", "shares", "in", "mode")
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:

@@ -241,7 +241,8 @@ def to_dsl(spec: Spec) -> str:
 
 def _node_statement(spec: Spec, name: str) -> str:
     decl = spec.blocks[name]
-    head = f"{_name(name, 'node')} = {_name(decl.type, 'block type')}"
+    kind = f"&{_name(decl.shares, 'shared node')}" if decl.shares is not None else _name(decl.type, "block type")
+    head = f"{_name(name, 'node')} = {kind}"
     tail = ""
     if decl.inputs is not None:
         tail += f" <- {_wiring(name, decl.inputs)}"
@@ -477,7 +478,7 @@ def _yaml_blocks(spec: Spec, comments: Comments) -> list[str]:
 
 
 def _block_mapping(decl: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": decl.type}
+    out: dict[str, Any] = {"type": decl.type} if decl.shares is None else {"shares": decl.shares}
     if decl.inputs is not None:
         out["in"] = decl.inputs
     if decl.mode is not None:
