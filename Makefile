@@ -58,6 +58,8 @@ images: setup
 	$(VENV)/bin/dagcv render specs/vqvae_mnist.yaml -o docs/img/vqvae_mnist.svg
 	$(VENV)/bin/dagcv render specs/resnet18_classifier.yaml --depth 1 -o docs/img/resnet18_classifier_depth1.svg
 	$(VENV)/bin/dagcv render specs/retinanet_r50_fpn.yaml -o docs/img/retinanet_r50_fpn.svg
+	for s in ppo_cartpole ppo_pendulum a2c_cartpole reinforce_cartpole bc_cartpole; do \
+	  $(VENV)/bin/dagcv render specs/$$s.yaml -o docs/img/$$s.svg || exit 1; done
 
 bench: setup
 	$(PY) tools/bench_overhead.py

@@ -421,3 +421,67 @@ class FakeData(_DatasetBlock):
         images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
         labels = torch.randint(0, self.num_classes, (self.size,), generator=generator)
         return ImageLabelTensors(images, labels, max_value=255, num_classes=self.num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps recorded from a trained policy (behavioural cloning)
+
+
+class StepTensors(Dataset[tuple[Tensor, int]]):
+    """``(observation, action)`` pairs held as tensors."""
+
+    def __init__(self, observations: Tensor, actions: Tensor) -> None:
+        self.observations, self.actions = observations, actions
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.observations[i], int(self.actions[i])
+
+
+@register_block(
+    "rollout_dataset",
+    family="data",
+    module=False,
+    outputs={"observation": "Observation[B, observation_size]", "label": "Labels[B]"},
+)
+class RolloutDataset(_DatasetBlock):
+    """The steps of a policy's episodes, written by ``dagcv rollout RUN -o ROOT``: observation → discrete action.
+
+    ``ROOT/episodes.npz`` holds ``observation`` (steps × size), ``action``, ``reward`` and ``episode`` arrays;
+    it is read without pickle. A supervised spec that reads it clones the policy (``specs/bc_cartpole.yaml``).
+
+    Args:
+        root: the folder ``dagcv rollout`` wrote.
+        observation_size: the size of an observation (4 for CartPole); checked against the file.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> root = tempfile.mkdtemp()
+        >>> np.savez(f"{root}/episodes.npz", observation=np.zeros((3, 4), np.float32), action=np.array([0, 1, 1]))
+        >>> data = RolloutDataset(root=root, observation_size=4).dataset()
+        >>> len(data), data[2][1]
+        (3, 1)
+    """
+
+    def __init__(self, *, root: str, observation_size: Size) -> None:
+        self.root, self.observation_size = root, observation_size
+
+    def dataset(self) -> StepTensors:
+        path = Path(self.root) / "episodes.npz"
+        require_files("rollout_dataset", [path], " Record one with `dagcv rollout RUN -o ROOT`.")
+        with np.load(path, allow_pickle=False) as data:
+            observations, actions = data["observation"], data["action"]
+        if (
+            observations.ndim != 2
+            or observations.shape[1] != self.observation_size
+            or len(actions) != len(observations)
+        ):
+            raise ValueError(
+                f"rollout_dataset: {path} holds observations of shape {observations.shape} and {len(actions)} "
+                f"actions; expected (steps, {self.observation_size}) and one action each"
+            )
+        return StepTensors(
+            torch.from_numpy(observations.astype(np.float32)), torch.from_numpy(actions.astype(np.int64))
+        )

@@ -207,21 +207,53 @@ def train(
 
 
 @main.command(name="eval")
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--ckpt",
-    required=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A checkpoint (checkpoints/last.pt) or a bare state_dict.",
+    help="A checkpoint (checkpoints/last.pt) or a bare state_dict (with a SPEC).",
 )
 @click.option("--split", help="The data split to evaluate (default: train.eval_split).")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a spec value.")
+@click.option("--episodes", default=10, show_default=True, type=click.IntRange(1, 10_000),
+              help="RL runs: episodes to play.")  # fmt: skip
+@click.option(
+    "--video", type=click.Path(dir_okay=False, path_type=Path), help="RL runs: film the first episode (.gif)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_cmd(spec: Path, ckpt: Path, split: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Evaluate a checkpoint on a split of SPEC's data and print its metrics."""
+def eval_cmd(
+    target: Path, ckpt: Path | None, split: str | None, overrides: tuple[str, ...], episodes: int,
+    video: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Evaluate SPEC with --ckpt on a split of its data, or a run directory RUN with its last checkpoint.
+
+    For an RL run (ppo, a2c, reinforce) this plays episodes with the deterministic policy and prints the mean
+    and standard deviation of their returns.
+    """
     from dagcv.spec import load_spec
     from dagcv.train.runner import evaluate_checkpoint
 
+    if target.is_dir():
+        if not (target / "spec.resolved.yaml").exists():
+            raise click.UsageError(f"{target} is no run directory (no spec.resolved.yaml)")
+        spec_path, ckpt = target / "spec.resolved.yaml", ckpt or target / "checkpoints" / "last.pt"
+        train = (load_spec(spec_path).train or {}) if not overrides else {}
+        if isinstance(train, dict) and train.get("loop") in ("ppo", "a2c", "reinforce"):
+            from dagcv.train.rl_eval import play
+
+            result = play(target, episodes, video=video)
+            if as_json:
+                click.echo(json.dumps(result))
+            else:
+                click.echo(f"{result['episodes']} episodes: return {result['mean_return']:.1f} ± "
+                           f"{result['std_return']:.1f}, length {result['mean_length']:.1f}"
+                           + (f"; video: {video}" if video else ""))  # fmt: skip
+            return
+        spec = spec_path
+    else:
+        spec = target
+        if ckpt is None:
+            raise click.UsageError("give --ckpt FILE with a SPEC (or a run directory instead of the spec)")
     metrics = evaluate_checkpoint(load_spec(spec, list(overrides)), ckpt, split)
     if as_json:
         click.echo(json.dumps(metrics))
@@ -229,6 +261,20 @@ def eval_cmd(spec: Path, ckpt: Path, split: str | None, overrides: tuple[str, ..
         from dagcv.train.progress import print_metrics
 
         print_metrics(metrics, title=f"{spec} @ {ckpt}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write episodes.npz into.")  # fmt: skip
+@click.option("--episodes", default=20, show_default=True, type=click.IntRange(1, 100_000))
+def rollout(run: Path, output: Path, episodes: int) -> None:
+    """Record episodes of RUN's trained policy (observation, action, reward) as a dataset for behavioural
+    cloning: the `rollout_dataset` block reads it (see specs/bc_cartpole.yaml)."""
+    from dagcv.train.rl_eval import record
+
+    result = record(run, output, episodes)
+    click.echo(f"wrote {result['file']}: {result['steps']} steps of {result['episodes']} episodes")
 
 
 @main.command()

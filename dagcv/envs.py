@@ -90,11 +90,13 @@ def wrapper_args(step: dict[str, Any]) -> tuple[str, BaseModel]:
 
 def make_env(id: str, kwargs: dict[str, Any], wrappers: list[dict[str, Any]], max_episode_steps: int | None,
              render_mode: str | None = None) -> Any:  # fmt: skip
-    """One environment with the per-env wrappers (frame stacking, ...); episode statistics are the vector's."""
+    """One environment with its episode statistics (recorded first, so they count the env's own rewards, before
+    any normalisation) and then the spec's wrappers in order."""
     import gymnasium as gym
+    from gymnasium.wrappers import RecordEpisodeStatistics
 
     extra = {"render_mode": render_mode} if render_mode else {}
-    env = gym.make(id, max_episode_steps=max_episode_steps, **kwargs, **extra)
+    env = RecordEpisodeStatistics(gym.make(id, max_episode_steps=max_episode_steps, **kwargs, **extra))
     for step in wrappers:
         name, args = wrapper_args(step)
         where, _, target = WRAPPERS[name]
@@ -105,17 +107,16 @@ def make_env(id: str, kwargs: dict[str, Any], wrappers: list[dict[str, Any]], ma
 
 def make_vector_env(id: str, kwargs: dict[str, Any], wrappers: list[dict[str, Any]], max_episode_steps: int | None,
                     num_envs: int, vectorization: str = "sync", seed: int | None = None) -> Any:  # fmt: skip
-    """``num_envs`` copies in SAME_STEP autoreset mode, with episode statistics.
+    """``num_envs`` copies in SAME_STEP autoreset mode; an ended episode's statistics are in
+    ``info["final_info"]["episode"]``.
 
     With a ``seed``, env ``i`` is seeded with ``seed + i`` and the action space with ``seed``.
     """
     import gymnasium as gym
-    from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
     fns = [partial(make_env, id, kwargs, wrappers, max_episode_steps)] * num_envs  # picklable, for checkpoints
     kind = gym.vector.AsyncVectorEnv if vectorization == "async" else gym.vector.SyncVectorEnv
     envs = kind(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    envs = RecordEpisodeStatistics(envs)
     if seed is not None:
         envs.reset(seed=seed)
         envs.action_space.seed(seed)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def write_plots(run_dir: Path, title: str) -> list[Path]:
-    """``plots/loss.png`` (training losses by step) and ``plots/metrics.png`` (evaluation metrics by epoch)."""
+    """``plots/loss.png`` (training losses by step) and ``plots/metrics.png`` (evaluation metrics by epoch); for RL
+    runs (``rollout`` records) ``plots/return.png`` (episodic return by environment step) and the losses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,12 +18,18 @@ def write_plots(run_dir: Path, title: str) -> list[Path]:
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    steps = [r for r in records if r["kind"] == "step"]
+    steps = [r for r in records if r["kind"] in ("step", "rollout")]
     epochs = [r for r in records if r["kind"] == "epoch"]
+    rollouts = [r for r in records if r["kind"] == "rollout"]
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     written = []
-    for name, rows, x, prefix in [("loss", steps, "step", "train/"), ("metrics", epochs, "epoch", "")]:
+    plots = [
+        ("loss", steps, "step", "train/"),
+        ("metrics", epochs, "epoch", ""),
+        ("return", rollouts, "step", "episodic_r"),
+    ]
+    for name, rows, x, prefix in plots:
         keys = sorted(
             {
                 k

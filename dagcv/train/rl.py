@@ -96,7 +96,8 @@ class Rollout:
 
 
 class EpisodeStats:
-    """Returns and lengths of finished episodes, from ``RecordEpisodeStatistics``; the last ``window`` kept."""
+    """Returns and lengths of finished episodes (each env's ``RecordEpisodeStatistics``, read from the final info
+    of the step that ended them); the last ``window`` kept."""
 
     def __init__(self, window: int = 20) -> None:
         self.returns: deque[float] = deque(maxlen=window)
@@ -104,10 +105,11 @@ class EpisodeStats:
         self.recent: list[tuple[float, int]] = []  # finished since the last log record
 
     def add(self, info: dict[str, Any]) -> None:
-        if "episode" not in info:
+        final = info.get("final_info", {})
+        if "episode" not in final:
             return
-        for i in np.flatnonzero(info["_episode"]):
-            ret, length = float(info["episode"]["r"][i]), int(info["episode"]["l"][i])
+        for i in np.flatnonzero(final["_episode"]):
+            ret, length = float(final["episode"]["r"][i]), int(final["episode"]["l"][i])
             self.returns.append(ret)
             self.lengths.append(length)
             self.recent.append((ret, length))

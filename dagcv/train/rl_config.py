@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, Le
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from dagcv.errors import did_you_mean
 from dagcv.train.config import OptimizerConfig, RunConfig
@@ -75,12 +75,6 @@ class OnPolicyConfig(RunConfig):
         losses = [name for name, kind in outputs.items() if kind == "Loss"]
         return {"act": (acting, "eval"), "update": ([*losses, *acting], "train")}
 
-    @model_validator(mode="after")
-    def _minibatches(self) -> OnPolicyConfig:
-        if self.minibatches > self.rollout_steps:
-            raise ValueError(f"{self.minibatches} minibatches of a {self.rollout_steps}-step rollout")
-        return self
-
 
 class PPOConfig(OnPolicyConfig):
     """Proximal policy optimisation (Schulman et al. 2017), as CleanRL's ``ppo.py`` runs it."""
@@ -123,6 +117,16 @@ def check_on_policy(sg: Any, cfg: OnPolicyConfig, splits: dict | None) -> None:
             smap.value("train", "env") if "env" in (sg.spec.train or {}) else smap.key("train"),
             hint=did_you_mean(cfg.env, envs) or (f"env blocks: {', '.join(envs)}" if envs else "add a gym_env block"),
         )
+    else:
+        num_envs = env.get("params", {}).get("num_envs", 1) or 1
+        batch = cfg.rollout_steps * num_envs
+        if cfg.minibatches > batch:
+            sg.error(
+                f"train.minibatches: {cfg.minibatches} minibatches of a rollout of {batch} steps "
+                f"({cfg.rollout_steps} steps × {num_envs} envs)",
+                smap.value("train", "minibatches"),
+                hint=f"at most {batch}; a minibatch holds rollout_steps × num_envs / minibatches steps",
+            )
     for key, want in (("policy", "Distribution"), ("value", "Value")):
         name = getattr(cfg, key)
         if name is None:

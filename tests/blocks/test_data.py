@@ -33,6 +33,7 @@ from blocks.data import (
     IDXFormatError,
     ImageLabelTensors,
     MnistIDX,
+    RolloutDataset,
     parse_idx,
     read_idx,
 )
@@ -146,6 +147,12 @@ def sample_cases(tmp: Path) -> dict[str, Callable[[], object]]:
         write_mnist_raw(tmp / "tv")
         return MNIST(root=str(tmp / "tv"))
 
+    def rollout_dataset() -> RolloutDataset:
+        (tmp / "rollouts").mkdir(exist_ok=True)
+        obs = np.arange(12, dtype=np.float32).reshape(3, 4)
+        np.savez(tmp / "rollouts" / "episodes.npz", observation=obs, action=np.array([0, 1, 1]))
+        return RolloutDataset(root=str(tmp / "rollouts"), observation_size=4)
+
     return {
         "mnist_idx": mnist_idx,
         "mnist": mnist,
@@ -155,6 +162,7 @@ def sample_cases(tmp: Path) -> dict[str, Callable[[], object]]:
         # Detection samples (image, targets) are checked in test_shapes.py, not by the classification collate.
         "shapes_coco": lambda: ShapesCoco(root=str(tmp / "shapes"), generate=2, height=16, width=16),
         "shapes_segmentation": lambda: ShapesSegmentation(root=str(tmp / "shapes"), generate=2, height=16, width=16),
+        "rollout_dataset": rollout_dataset,
     }
 
 
@@ -166,7 +174,7 @@ def test_every_dataset_block_has_a_contract_case(tmp_path: Path) -> None:
         assert contract is not None and contract.is_source and not contract.module
 
 
-@pytest.mark.parametrize("name", ["mnist_idx", "mnist", "cifar10", "digits", "fake_data"])
+@pytest.mark.parametrize("name", ["mnist_idx", "mnist", "cifar10", "digits", "fake_data", "rollout_dataset"])
 def test_samples_match_the_declared_contract(name: str, tmp_path: Path, fake_cifar: tuple[Path, dict]) -> None:
     block = sample_cases(tmp_path)[name]()
     data = block.dataset()
@@ -181,6 +189,9 @@ def test_samples_match_the_declared_contract(name: str, tmp_path: Path, fake_cif
         want = [d.value for d in evaluate_dims(ptype.dims or (), {"B": 1, **ints})]
         assert list(value.shape) == want, f"{name}.{port.name}: {list(value.shape)} != {port.type} = {want}"
         assert value.dtype == getattr(torch, KINDS[ptype.kind].dtype), f"{name}.{port.name}: {value.dtype}"
+    if name == "rollout_dataset":  # an observation and the action taken, as recorded
+        assert torch.equal(sample[0], torch.arange(4.0)) and sample[1] == 0
+        return
     image, label = sample
     assert image.dtype == torch.float32 and image.min() >= 0 and image.max() <= 1
     assert type(label) is int and 0 <= label < block.num_classes == data.num_classes

@@ -44,12 +44,17 @@ def one_batch(compiled, batch: int = 8, root=None) -> dict[str, torch.Tensor]:
         loader = SplitLoader(build_dataset(sg, split), split, sg.training.fields["train"], seed=0, rank=0,
                              world=1, train=False)  # fmt: skip
         return next(iter(loader.epoch(0)))
+    # Labels below the smallest class count any block is built with (CartPole's clone has two actions).
+    classes = min([10] + [v for n in sg.blocks() for k, v in (sg.node(n).get("params") or {}).items()
+                          if k == "num_classes" and isinstance(v, int)])  # fmt: skip
     out = {}
     for name in sg.spec.inputs:
         port_type = sg.node(name)["type"]
         dims = [batch if d.text == "B" else d.value for d in sg.node(name)["shapes"]["out"]]
         if KINDS[port_type.kind].dtype == "int64":
-            out[name] = torch.randint(0, 10, dims)
+            out[name] = torch.randint(0, classes, dims)
+        elif len(dims) < 4:  # vectors (observations): every row distinct
+            out[name] = torch.rand(*dims)
         else:
             coarse = torch.rand(*dims[:-2], dims[-2] // 4, dims[-1] // 4)
             out[name] = coarse.repeat_interleave(4, -2).repeat_interleave(4, -1)

@@ -152,11 +152,24 @@ def test_a_run_at_a_fixed_seed_repeats_bit_for_bit_and_resumes_exactly(tmp_path:
 
 
 @pytest.mark.slow
-def test_ppo_learns_cartpole_well_above_random(tmp_path: Path) -> None:
-    records = _short(tmp_path / "run", "train.env_steps=20480", "train.update_epochs=20")
+def test_ppo_learns_cartpole_then_plays_films_and_is_cloned(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    records = _short(run, "train.env_steps=20480", "train.update_epochs=20")
     returns = [r["episodic_return"] for r in records if "episodic_return" in r]
     print(f"PPO CartPole: first {returns[0]:.1f}, last {returns[-1]:.1f} over {len(returns)} iterations")
     assert returns[0] < 50 and max(returns[-5:]) > 200  # random play scores about 22
+    assert (run / "plots" / "return.png").read_bytes()[:4] == b"\x89PNG"
+    from dagcv.train.rl_eval import play, record
+
+    played = play(run, episodes=3, video=tmp_path / "episode.gif")
+    assert played["mean_return"] > 200 and (tmp_path / "episode.gif").read_bytes()[:6] == b"GIF89a"
+    written = record(run, tmp_path / "steps", episodes=5)
+    # Behavioural cloning: the supervised loop fits the expert's actions from the recorded steps.
+    data = str(tmp_path / "steps")
+    overrides = [f"data.train.dataset.root={data}", f"data.val.dataset.root={data}", "train.epochs=10"]
+    bc = load_spec(ROOT / "specs" / "bc_cartpole.yaml", overrides)
+    result = train_spec(bc, Options(run_dir=tmp_path / "bc", quiet=True))
+    assert written["steps"] > 500 and result.final["val/accuracy"] > 0.9
 
 
 @pytest.mark.slow
