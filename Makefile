@@ -51,6 +51,7 @@ manifest: setup
 	$(PY) -m dagcv.registry
 	$(PY) -c "from dagcv.names import write_reserved_names as w; print('wrote', w())"
 	$(VENV)/bin/dagcv schema -o docs/dagcv.schema.json
+	$(VENV)/bin/dagcv schema --sweep -o docs/dagcv.sweep.schema.json
 
 # The pictures in the README, drawn from the shipped specs.
 images: setup

@@ -154,16 +154,27 @@ def _resnet(
     weights: str | None,
     trainable_layers: int,
     norm_layer: NormLayer,
+    in_channels: int = 3,
     **kwargs: Any,
 ) -> ResNetTrunk:
-    trunk = ResNetTrunk(builder(weights=None, **_norm_kwargs(norm_layer), **kwargs))
+    net = builder(weights=None, **_norm_kwargs(norm_layer), **kwargs)
+    if in_channels != 3:  # grayscale or multispectral input: a stem conv of the same shape over other channels
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
+    trunk = ResNetTrunk(net)
     if weights is not None:
         load_weights_file(trunk, weights, block=name, classifier_prefix="fc.")
     freeze_resnet_layers(trunk, trainable_layers)
     return trunk
 
 
-_RESNET: dict[str, Any] = {"family": "backbone", "inputs": {"x": "Image[B, 3, H, W]"}, "checkpoints": ("weights",)}
+_RESNET: dict[str, Any] = {
+    "family": "backbone",
+    "inputs": {"x": "Image[B, C, H, W]"},
+    "infer": {"in_channels": "C"},
+    "checkpoints": ("weights",),
+}
+_MOBILENET: dict[str, Any] = {"family": "backbone", "inputs": {"x": "Image[B, 3, H, W]"}, "checkpoints": ("weights",)}
 
 
 def _stages(channels: tuple[int, int, int, int], strides: tuple[int, int, int, int]) -> dict[str, str]:
@@ -176,13 +187,24 @@ def _stages(channels: tuple[int, int, int, int], strides: tuple[int, int, int, i
 _STRIDES = (4, 8, 16, 32)
 
 
-@register_block("resnet18", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES), param_count="11176512")
+@register_block(
+    "resnet18",
+    **_RESNET,
+    outputs=_stages((64, 128, 256, 512), _STRIDES),
+    param_count="11176512 + 3136 * (in_channels - 3)",
+)
 def resnet18(
-    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
+    *,
+    in_channels: Size = 3,
+    weights: str | None = None,
+    trainable_layers: ResNetLayers = 5,
+    norm_layer: NormLayer = "batch_norm",
 ) -> ResNetTrunk:
     """ResNet-18 trunk (torchvision layout): stages ``c2``-``c5`` with 64/128/256/512 channels, strides 4-32.
 
     Args:
+        in_channels: channels of the input image (inferred from ``C``); other than 3, ``conv1`` is a fresh
+            7×7 conv over them, and a checkpoint's ``conv1`` no longer fits.
         weights: path of a local state_dict file: the trunk's own, or a whole torchvision ``resnet18`` (its
             ``fc.*`` keys are set aside); ``None`` keeps the random initialisation.
         trainable_layers: how many stages train, counted from ``layer4`` down (torchvision's detection
@@ -194,16 +216,27 @@ def resnet18(
         >>> {k: tuple(v.shape) for k, v in resnet18()(torch.zeros(1, 3, 65, 64)).items()}
         {'c2': (1, 64, 17, 16), 'c3': (1, 128, 9, 8), 'c4': (1, 256, 5, 4), 'c5': (1, 512, 3, 2)}
     """
-    return _resnet("resnet18", tvm.resnet18, weights, trainable_layers, norm_layer)
+    return _resnet("resnet18", tvm.resnet18, weights, trainable_layers, norm_layer, in_channels)
 
 
-@register_block("resnet34", **_RESNET, outputs=_stages((64, 128, 256, 512), _STRIDES), param_count="21284672")
+@register_block(
+    "resnet34",
+    **_RESNET,
+    outputs=_stages((64, 128, 256, 512), _STRIDES),
+    param_count="21284672 + 3136 * (in_channels - 3)",
+)
 def resnet34(
-    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
+    *,
+    in_channels: Size = 3,
+    weights: str | None = None,
+    trainable_layers: ResNetLayers = 5,
+    norm_layer: NormLayer = "batch_norm",
 ) -> ResNetTrunk:
     """ResNet-34 trunk (torchvision layout): stages ``c2``-``c5`` with 64/128/256/512 channels, strides 4-32.
 
     Args:
+        in_channels: channels of the input image (inferred from ``C``); other than 3, ``conv1`` is a fresh
+            7×7 conv over them, and a checkpoint's ``conv1`` no longer fits.
         weights: path of a local state_dict file: the trunk's own, or a whole torchvision ``resnet34`` (its
             ``fc.*`` keys are set aside); ``None`` keeps the random initialisation.
         trainable_layers: how many stages train, counted from ``layer4`` down (torchvision's detection
@@ -211,12 +244,21 @@ def resnet34(
         norm_layer: ``batch_norm`` (trainable statistics), or ``frozen_batch_norm`` (torchvision's
             ``FrozenBatchNorm2d``: fixed statistics and affine, as used with pretrained detection backbones).
     """
-    return _resnet("resnet34", tvm.resnet34, weights, trainable_layers, norm_layer)
+    return _resnet("resnet34", tvm.resnet34, weights, trainable_layers, norm_layer, in_channels)
 
 
-@register_block("resnet50", **_RESNET, outputs=_stages((256, 512, 1024, 2048), _STRIDES), param_count="23508032")
+@register_block(
+    "resnet50",
+    **_RESNET,
+    outputs=_stages((256, 512, 1024, 2048), _STRIDES),
+    param_count="23508032 + 3136 * (in_channels - 3)",
+)
 def resnet50(
-    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
+    *,
+    in_channels: Size = 3,
+    weights: str | None = None,
+    trainable_layers: ResNetLayers = 5,
+    norm_layer: NormLayer = "batch_norm",
 ) -> ResNetTrunk:
     """ResNet-50 trunk (torchvision layout, bottleneck blocks): stages ``c2``-``c5``, 256-2048 channels, strides 4-32.
 
@@ -224,6 +266,8 @@ def resnet50(
     weights_backbone=None)`` (batch norm, every layer trainable).
 
     Args:
+        in_channels: channels of the input image (inferred from ``C``); other than 3, ``conv1`` is a fresh
+            7×7 conv over them, and a checkpoint's ``conv1`` no longer fits.
         weights: path of a local state_dict file: the trunk's own, or a whole torchvision ``resnet50`` (its
             ``fc.*`` keys are set aside); ``None`` keeps the random initialisation.
         trainable_layers: how many stages train, counted from ``layer4`` down (torchvision's detection
@@ -231,14 +275,21 @@ def resnet50(
         norm_layer: ``batch_norm`` (trainable statistics), or ``frozen_batch_norm`` (torchvision's
             ``FrozenBatchNorm2d``: fixed statistics and affine, as used with pretrained detection backbones).
     """
-    return _resnet("resnet50", tvm.resnet50, weights, trainable_layers, norm_layer)
+    return _resnet("resnet50", tvm.resnet50, weights, trainable_layers, norm_layer, in_channels)
 
 
 @register_block(
-    "resnet50_os8", **_RESNET, outputs=_stages((256, 512, 1024, 2048), (4, 8, 8, 8)), param_count="23508032"
+    "resnet50_os8",
+    **_RESNET,
+    outputs=_stages((256, 512, 1024, 2048), (4, 8, 8, 8)),
+    param_count="23508032 + 3136 * (in_channels - 3)",
 )
 def resnet50_os8(
-    *, weights: str | None = None, trainable_layers: ResNetLayers = 5, norm_layer: NormLayer = "batch_norm"
+    *,
+    in_channels: Size = 3,
+    weights: str | None = None,
+    trainable_layers: ResNetLayers = 5,
+    norm_layer: NormLayer = "batch_norm",
 ) -> ResNetTrunk:
     """ResNet-50 trunk with output stride 8: ``layer3`` and ``layer4`` dilated instead of strided (FCN, DeepLabV3).
 
@@ -246,6 +297,8 @@ def resnet50_os8(
     The weights are those of a plain ResNet-50 (dilation changes no parameter).
 
     Args:
+        in_channels: channels of the input image (inferred from ``C``); other than 3, ``conv1`` is a fresh
+            7×7 conv over them, and a checkpoint's ``conv1`` no longer fits.
         weights: path of a local state_dict file: the trunk's own, or a whole torchvision ``resnet50`` (its
             ``fc.*`` keys are set aside); ``None`` keeps the random initialisation.
         trainable_layers: how many stages train, counted from ``layer4`` down (torchvision's detection
@@ -263,6 +316,7 @@ def resnet50_os8(
         weights,
         trainable_layers,
         norm_layer,
+        in_channels,
         replace_stride_with_dilation=[False, True, True],
     )
 
@@ -312,7 +366,7 @@ def _mobilenet(
 
 @register_block(
     "mobilenet_v3_large",
-    **_RESNET,
+    **_MOBILENET,
     param_count="2971952",
     outputs=_stages((24, 40, 80, 960), _STRIDES),
 )
@@ -341,7 +395,7 @@ def mobilenet_v3_large(
 
 @register_block(
     "mobilenet_v3_small",
-    **_RESNET,
+    **_MOBILENET,
     param_count="927008",
     outputs=_stages((16, 24, 40, 576), _STRIDES),
 )

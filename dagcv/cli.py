@@ -69,11 +69,24 @@ def main() -> None:
     """
 
 
+def _set_option(f):
+    """``--set PATH=VALUE`` (repeatable): the same dotted overrides for every command that reads a spec."""
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="PATH=VALUE",
+        help="Override a spec value, e.g. --set train.optimizer.lr=0.01 or --set blocks.backbone='{type: resnet34}'"
+        " (a block swap keeps the block's in: and mode:); repeatable.",
+    )(f)
+
+
 @main.command()
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics as a JSON list.")
+@_set_option
 @click.pass_context
-def check(ctx: click.Context, specs: tuple[Path, ...], as_json: bool) -> None:
+def check(ctx: click.Context, specs: tuple[Path, ...], as_json: bool, overrides: tuple[str, ...]) -> None:
     """Parse and statically check SPECS (no torch): every error, with its line."""
     from dagcv.compiler import check_file
 
@@ -82,7 +95,7 @@ def check(ctx: click.Context, specs: tuple[Path, ...], as_json: bool) -> None:
     sources: dict[str, str] = {}
     for spec in specs:
         try:
-            check_file(spec)
+            check_file(spec, overrides=list(overrides))
         except SpecError as exc:
             problems += exc.diagnostics
             sources.update(exc.sources)
@@ -104,11 +117,12 @@ def check(ctx: click.Context, specs: tuple[Path, ...], as_json: bool) -> None:
     help="Output folder (default: build/<name>/).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the summary table.")
-def compile_cmd(spec: Path, out_dir: Path | None, quiet: bool) -> None:
+@_set_option
+def compile_cmd(spec: Path, out_dir: Path | None, quiet: bool, overrides: tuple[str, ...]) -> None:
     """Check, build and lower SPEC; write the resolved spec, model.py, summary.md and graph.svg."""
     from dagcv.compiler import compile_file
 
-    result = compile_file(spec)
+    result = compile_file(spec, overrides=list(overrides))
     target = out_dir or Path("build") / result.built.sg.spec.name
     files: dict[str, str | bytes] = dict(result.files(source_name=str(spec)))
     svg = result.graph_svg()
@@ -357,7 +371,10 @@ def _annotation(tp: object) -> str:
 )
 @click.option("--shapes/--no-shapes", default=True, show_default=True, help="Label edges with shapes.")
 @click.option("--rankdir", type=click.Choice(["LR", "TB"]), help="Layout direction (default: LR; TB with --depth).")
-def render(spec: Path, output: Path | None, depth: int, shapes: bool, rankdir: str | None) -> None:
+@_set_option
+def render(
+    spec: Path, output: Path | None, depth: int, shapes: bool, rankdir: str | None, overrides: tuple[str, ...]
+) -> None:
     """Draw SPEC's block graph with Graphviz; an invalid spec is drawn with its errors in red (exit 2)."""
     from dagcv.render import RenderError, render_file
 
@@ -365,13 +382,13 @@ def render(spec: Path, output: Path | None, depth: int, shapes: bool, rankdir: s
     if target.suffix.lower() not in (".svg", ".png", ".pdf", ".dot", ".gv"):
         raise click.BadParameter(f"unknown format '{target.suffix}': use .svg, .png, .pdf or .dot", param_hint="-o")
     try:
-        sg = render_file(spec, target, depth=depth, shapes=shapes, rankdir=rankdir)
+        sg = render_file(spec, target, depth=depth, shapes=shapes, rankdir=rankdir, overrides=list(overrides))
     except RenderError as exc:
         click.echo(f"dagcv: {exc}", err=True)
         sys.exit(1)
     click.echo(f"wrote {target}")
     if sg.diagnostics:
-        raise SpecError(sg.diagnostics, {sg.source_file: sg.spec.source.text})
+        raise SpecError(sg.diagnostics, {sg.source_file: sg.spec.source.text, **sg.spec._overrides})
 
 
 @main.command()
@@ -386,13 +403,38 @@ def render(spec: Path, output: Path | None, depth: int, shapes: bool, rankdir: s
     help="Write here ('-' for stdout; default: the file itself, or its twin with the new extension).",
 )
 @click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if a file is not formatted.")
-def fmt(specs: tuple[Path, ...], syntax: str | None, output: Path | None, check_only: bool) -> None:
-    """Format SPECS canonically (comments kept), or convert between YAML and the DSL."""
+@click.option("--resolved", is_flag=True, help="Print the spec as it is read (overrides applied) to stdout.")
+@_set_option
+def fmt(
+    specs: tuple[Path, ...],
+    syntax: str | None,
+    output: Path | None,
+    check_only: bool,
+    resolved: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Format SPECS canonically (comments kept), or convert between YAML and the DSL.
+
+    With --resolved (or --set), print the spec as dagcv reads it, overrides applied, instead of rewriting files.
+    """
     from dagcv.spec import load_spec
     from dagcv.spec.printer import to_dsl, to_yaml
 
     if output is not None and len(specs) > 1:
         raise click.UsageError("-o takes one spec")
+    if resolved or overrides:
+        if check_only:
+            raise click.UsageError("--check formats files as written: it takes no --resolved or --set")
+        for spec_path in specs:
+            spec = load_spec(spec_path, list(overrides))
+            dsl = (syntax or ("dsl" if spec_path.suffix == ".dagcv" else "yaml")) == "dsl"
+            text = to_dsl(spec) if dsl else to_yaml(spec)
+            if output is None or str(output) == "-":
+                click.echo(text, nl=False)
+            else:
+                write_text_atomically(output, text)
+                click.echo(f"wrote {output}")
+        return
     unformatted = []
     for spec_path in specs:
         spec = load_spec(spec_path)
@@ -425,11 +467,19 @@ def fmt(specs: tuple[Path, ...], syntax: str | None, output: Path | None, check_
 
 @main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
-def schema(output: Path | None) -> None:
-    """Print (or write) the JSON Schema of spec files, for editor completion and validation."""
-    from dagcv.schema import spec_schema
+@click.option("--sweep", "of_sweep", is_flag=True, help="The schema of sweep files instead of specs.")
+def schema(output: Path | None, of_sweep: bool) -> None:
+    """Print (or write) the JSON Schema of spec files (or sweep files), for editor completion and validation."""
+    if of_sweep:
+        from dagcv.sweep.config import SweepConfig
 
-    text = json.dumps(spec_schema(), indent=1, ensure_ascii=False) + "\n"
+        doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "dagcv sweep",
+               **SweepConfig.model_json_schema()}  # fmt: skip
+    else:
+        from dagcv.schema import spec_schema
+
+        doc = spec_schema()
+    text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
     if output is None:
         click.echo(text, nl=False)
         return
@@ -462,6 +512,203 @@ def _describe(c) -> str:
     if not c.params:
         lines.append("    (none)")
     return "\n".join(lines)
+
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Studies
+
+
+@main.group()
+def sweep() -> None:
+    """Ablation studies: plan (check and compile every point), run, status, resume, report."""
+
+
+_OUT = click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="The sweep directory (default: sweeps/<name>/)."
+)
+
+
+def _plan_or_exit(target: Path, out: Path | None, workers: int | None, skip_invalid: bool):
+    from dagcv.sweep.run import open_sweep, plan_sweep
+
+    study, sdir = open_sweep(target, out)
+    planned = plan_sweep(study, sdir, workers=workers or study.cfg.executor.workers)
+    invalid = [pp for pp in planned if not pp.ok]
+    if invalid and not skip_invalid:
+        for pp in invalid:
+            click.echo(f"point {pp.point.name} is invalid:\n{pp.error}", err=True)
+        click.echo(
+            f"dagcv: {len(invalid)} of {len(planned)} points are invalid; nothing runs "
+            "(fix them, exclude them, or pass --skip-invalid)",
+            err=True,
+        )
+        sys.exit(2)
+    return study, sdir, planned
+
+
+def _points_table(study, sdir, planned, title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col, justify in [
+        ("point", "left"),
+        ("hash", "left"),
+        ("params", "right"),
+        ("FLOPs/sample", "right"),
+        ("state", "left"),
+        ("progress", "left"),
+        (study.cfg.metric.name, "right"),
+    ]:
+        table.add_column(col, justify=justify)
+    for pp in planned:
+        result = sdir.result(pp) or {}
+        value = (result.get("final") or {}).get(study.cfg.metric.name)
+        state = sdir.state(pp)
+        table.add_row(
+            pp.point.name,
+            (pp.hash or "")[:12],
+            "–" if pp.params is None else f"{pp.params:,}",
+            "–" if pp.flops is None else f"{pp.flops:,}",
+            state,
+            sdir.progress(pp) if state in ("running", "interrupted") else "",
+            "" if not isinstance(value, int | float) else f"{value:.4f}",
+        )
+    return table
+
+
+@sweep.command(name="plan")
+@click.argument("sweep_file", type=click.Path(exists=True, path_type=Path))
+@_OUT
+@click.option("--workers", type=click.IntRange(1, 64), help="Compile in this many processes (default: executor's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the points as JSON.")
+def sweep_plan(sweep_file: Path, out: Path | None, workers: int | None, as_json: bool) -> None:
+    """Expand SWEEP_FILE into points, check and compile every one; nothing trains. Exit 2 if any is invalid."""
+
+    from dagcv.sweep.plan import plan_table
+    from dagcv.sweep.run import open_sweep, plan_sweep
+
+    study, sdir = open_sweep(sweep_file, out)
+    planned = plan_sweep(study, sdir, workers=workers or study.cfg.executor.workers)
+    if as_json:
+        click.echo(json.dumps(plan_table(planned), indent=1))
+    else:
+        _console().print(_points_table(study, sdir, planned, f"{study.name}: {len(planned)} points"))
+    invalid = [pp for pp in planned if not pp.ok]
+    for pp in invalid:
+        click.echo(f"\npoint {pp.point.name} is invalid:\n{pp.error}", err=True)
+    if invalid:
+        sys.exit(2)
+
+
+@sweep.command(name="run")
+@click.argument("sweep_file", type=click.Path(exists=True, path_type=Path))
+@_OUT
+@click.option("--workers", type=click.IntRange(1, 64), help="Points trained at once (default: the executor's).")
+@click.option("--threads", type=click.IntRange(1, 256), help="Torch threads per worker (default: the executor's).")
+@click.option("--skip-invalid", is_flag=True, help="Run the valid points even if some are invalid.")
+@click.option("--retry-failed", is_flag=True, help="Train failed and diverged points again from scratch.")
+@click.option("-q", "--quiet", is_flag=True, help="No live table.")
+def sweep_run(
+    sweep_file: Path,
+    out: Path | None,
+    workers: int | None,
+    threads: int | None,
+    skip_invalid: bool,
+    retry_failed: bool,
+    quiet: bool,
+) -> None:
+    """Check every point, then train those not finished; a re-run continues where the last one stopped."""
+    from rich.live import Live
+
+    from dagcv.sweep.run import run_sweep
+
+    study, sdir, planned = _plan_or_exit(sweep_file, out, workers, skip_invalid)
+    console = _console()
+    title = f"{study.name}: {sdir.root}"
+    try:
+        if quiet:
+            states = run_sweep(study, sdir, planned, workers=workers, threads=threads, retry_failed=retry_failed)
+        else:
+            with Live(_points_table(study, sdir, planned, title), console=console, refresh_per_second=2) as live:
+                states = run_sweep(
+                    study,
+                    sdir,
+                    planned,
+                    workers=workers,
+                    threads=threads,
+                    retry_failed=retry_failed,
+                    on_update=lambda: live.update(_points_table(study, sdir, planned, title)),
+                )
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: `dagcv sweep resume {sdir.root}` continues from the last checkpoints", err=True)
+        sys.exit(130)
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s] = counts.get(s, 0) + 1
+    click.echo(f"{sdir.root}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    click.echo(f"report: dagcv sweep report {sdir.root}")
+    if counts.get("failed") or counts.get("diverged"):
+        sys.exit(1)
+
+
+@sweep.command(name="resume")
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--workers", type=click.IntRange(1, 64))
+@click.option("--threads", type=click.IntRange(1, 256))
+@click.option("--retry-failed", is_flag=True, help="Train failed and diverged points again from scratch.")
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_context
+def sweep_resume(
+    ctx: click.Context, target: Path, workers: int | None, threads: int | None, retry_failed: bool, quiet: bool
+) -> None:
+    """Continue an interrupted sweep (its directory or file): finished points are kept, interrupted ones resume."""
+    ctx.invoke(
+        sweep_run,
+        sweep_file=target,
+        out=None,
+        workers=workers,
+        threads=threads,
+        skip_invalid=True,
+        retry_failed=retry_failed,
+        quiet=quiet,
+    )
+
+
+@sweep.command(name="status")
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+def sweep_status(target: Path) -> None:
+    """Each point's state (pending, running, interrupted, done, failed, diverged, invalid) and metric."""
+
+    from dagcv.sweep.run import open_sweep, plan_sweep
+
+    study, sdir = open_sweep(target)
+    planned = plan_sweep(study, sdir)
+    _console().print(_points_table(study, sdir, planned, f"{study.name}: {sdir.root}"))
+
+
+@sweep.command(name="report")
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--no-plots", is_flag=True)
+def sweep_report(target: Path, no_plots: bool) -> None:
+    """Tables per axis and for the whole study (mean ± std, 95% CI, paired difference to the baseline), as
+    report.md and report.csv, plus plots; failed points are listed with their errors."""
+    from dagcv.sweep.report import write_report
+    from dagcv.sweep.run import open_sweep, plan_sweep
+
+    study, sdir = open_sweep(target)
+    planned = plan_sweep(study, sdir)
+    written = write_report(study, sdir, planned, plots=not no_plots)
+    click.echo((sdir.root / "report.md").read_text())
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _console():
+    """A rich console; wide when the output is no terminal (logs, CI), so point names are not cut."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,9 @@ def check_spec(spec: Spec, reg: Registry | None = None) -> graph.SpecGraph:
     return sg
 
 
-def check_file(path: str | Path, reg: Registry | None = None) -> graph.SpecGraph:
-    """Parse and statically check a spec file."""
-    return check_spec(load_spec(path), reg)
+def check_file(path: str | Path, reg: Registry | None = None, overrides: list[str] | None = None) -> graph.SpecGraph:
+    """Parse and statically check a spec file (with ``--set`` overrides applied)."""
+    return check_spec(load_spec(path, overrides), reg)
 
 
 class Compiled:
@@ -107,5 +107,5 @@ def compile_checked(sg: graph.SpecGraph) -> Compiled:
     return Compiled(built, lower(built))
 
 
-def compile_file(path: str | Path, reg: Registry | None = None) -> Compiled:
-    return compile_spec(load_spec(path), reg)
+def compile_file(path: str | Path, reg: Registry | None = None, overrides: list[str] | None = None) -> Compiled:
+    return compile_spec(load_spec(path, overrides), reg)

@@ -109,13 +109,19 @@ def write_rendering(graph: graphviz.Digraph, path: str | Path) -> Path:
 
 
 def render_file(
-    spec_path: str | Path, out_path: str | Path, *, depth: int = 0, shapes: bool = True, rankdir: str | None = None
+    spec_path: str | Path,
+    out_path: str | Path,
+    *,
+    depth: int = 0,
+    shapes: bool = True,
+    rankdir: str | None = None,
+    overrides: list[str] | None = None,
 ) -> SpecGraph:
     """Load, analyze, render and write a spec; returns the graph, whose ``diagnostics`` say if it was invalid.
 
     A spec that does not even parse raises :class:`~dagcv.errors.SpecError` (there is no graph to draw).
     """
-    sg = analyze(load_spec(spec_path))
+    sg = analyze(load_spec(spec_path, overrides))
     write_rendering(render_spec(sg, depth=depth, shapes=shapes, rankdir=rankdir), out_path)
     return sg
 

@@ -1,13 +1,20 @@
-"""Command-line overrides: ``--set train.optimizer.lr=0.01 --set blocks.classifier.hidden=[256]``.
+"""Edits of a spec's plain data by dotted path: ``--set train.optimizer.lr=0.01`` and the points of a sweep.
 
 A path walks the spec's plain data by keys (and list indices). Every step but the last must exist, so a typo
 is an error with a did-you-mean rather than a silently added key; the last key may be new, and the schema
 then decides whether it is allowed (an unknown parameter is still an error). Values are YAML flow literals.
-Each override is its own source (``--set``), so later diagnostics point into the command line.
+
+Replacing a whole block (``--set blocks.backbone='{type: resnet34}'``) is a *block swap*: the new block keeps the
+old one's wiring (``in:``, ``mode:``) unless it gives its own, and takes none of its parameters, so swapping a
+backbone is one edit. The value ``{remove: true}`` deletes the key (``--set blocks.aux_loss='{remove: true}'``).
+
+Positions follow the value: an override is its own source (``--set #1``), a sweep's value points into the sweep
+file, so later diagnostics about that value name the line where it was written.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from dagcv.errors import Span, SpecError, did_you_mean
@@ -15,10 +22,30 @@ from dagcv.spec.source import SourceMap
 from dagcv.spec.yaml_loader import load_yaml
 
 OVERRIDE_FILE = "--set"
+WIRING_KEYS = ("in", "mode")  # what a swapped block keeps from the block it replaces
+REMOVE = {"remove": True}  # the value that deletes a key (a block left out of a variant)
+
+
+@dataclass
+class Edit:
+    """Set ``value`` at the dotted ``path``.
+
+    ``path_span`` locates the path's text (its parts get columns within it when it is on one line);
+    ``positions`` holds the spans of ``value`` and everything inside it, by path relative to the value.
+    """
+
+    path: str
+    value: Any
+    path_span: Span
+    positions: dict[tuple, Span] = field(default_factory=dict)
+    key_positions: dict[tuple, Span] = field(default_factory=dict)
+
+    def parts(self) -> list[str | int]:
+        return [int(p) if p.lstrip("-").isdigit() else p for p in self.path.split(".")]
 
 
 def apply_overrides(data: dict, smap: SourceMap, overrides: list[str]) -> dict[str, str]:
-    """Apply ``overrides`` in place; returns extra sources (for error excerpts) keyed by their pseudo file."""
+    """Apply ``--set`` texts in place; returns extra sources (for error excerpts) keyed by their pseudo file."""
     sources: dict[str, str] = {}
     for i, text in enumerate(overrides, 1):
         file = f"{OVERRIDE_FILE} #{i}"
@@ -38,41 +65,73 @@ def apply_overrides(data: dict, smap: SourceMap, overrides: list[str]) -> dict[s
                 f"cannot parse value '{value_text}'",
                 hint="values are YAML: 0.01, true, [256, 128], {a: 1}, 'text'",
             ).with_sources(sources)
-        parts = _split(path_text.strip())
-        parent: Any = data
-        walked: list[str | int] = []
-        for j, part in enumerate(parts):
-            last = j == len(parts) - 1
-            col = 1 + len(".".join(map(str, parts[:j]))) + (1 if j else 0)
-            span = Span(file, 1, col, 1, col + len(str(part)))
-            if isinstance(parent, list):
-                if not isinstance(part, int) or not -len(parent) <= part < len(parent):
-                    raise SpecError.at(
-                        span, f"'{'.'.join(map(str, walked))}' has no item {part}", hint=f"it has {len(parent)} items"
-                    ).with_sources(sources)
-            elif not isinstance(parent, dict):
-                raise SpecError.at(
-                    span, f"'{'.'.join(map(str, walked))}' is not a mapping; cannot set '{part}'"
-                ).with_sources(sources)
-            elif str(part) not in parent and not last:
-                inside = f" in {'.'.join(map(str, walked))}" if walked else ""
-                hint = did_you_mean(str(part), parent) or f"keys: {', '.join(parent)}"
-                raise SpecError.at(span, f"unknown key '{part}'{inside}", hint=hint).with_sources(sources)
-            key = part if isinstance(parent, list) else str(part)
-            walked.append(key)
-            if last:
-                parent[key] = value
-                value_span = Span(file, 1, len(path_text) + 2, 1, len(text) + 1)
-                _forget(smap, tuple(walked))
-                smap.values[tuple(walked)] = value_span
-                smap.keys[tuple(walked)] = Span(file, 1, 1, 1, len(path_text) + 1)
-            else:
-                parent = parent[key]
+        value_span = Span(file, 1, len(path_text) + 2, 1, len(text) + 1)
+        edit = Edit(path_text.strip(), value, Span(file, 1, 1, 1, len(path_text) + 1), {(): value_span})
+        try:
+            apply_edit(data, smap, edit)
+        except SpecError as exc:
+            raise exc.with_sources(sources) from None
     return sources
 
 
-def _split(path: str) -> list[str | int]:
-    return [int(p) if p.lstrip("-").isdigit() else p for p in path.split(".")]
+def apply_edit(data: dict, smap: SourceMap, edit: Edit) -> None:
+    """Apply one :class:`Edit` to ``data`` in place and move ``smap``'s positions with it."""
+    parts = edit.parts()
+    parent: Any = data
+    walked: list[str | int] = []
+    for j, part in enumerate(parts):
+        last = j == len(parts) - 1
+        span = _part_span(edit, parts, j)
+        if isinstance(parent, list):
+            if not isinstance(part, int) or not -len(parent) <= part < len(parent):
+                raise SpecError.at(span, f"'{'.'.join(map(str, walked))}' has no item {part}",
+                                   hint=f"it has {len(parent)} items")  # fmt: skip
+        elif not isinstance(parent, dict):
+            raise SpecError.at(span, f"'{'.'.join(map(str, walked))}' is not a mapping; cannot set '{part}'")
+        elif str(part) not in parent and not last:
+            inside = f" in {'.'.join(map(str, walked))}" if walked else ""
+            hint = did_you_mean(str(part), parent) or f"keys: {', '.join(map(str, parent))}"
+            raise SpecError.at(span, f"unknown key '{part}'{inside}", hint=hint)
+        key = part if isinstance(parent, list) else str(part)
+        walked.append(key)
+        if not last:
+            parent = parent[key]
+            continue
+        here = tuple(walked)
+        if edit.value == REMOVE:
+            if not isinstance(parent, dict) or key not in parent:
+                raise SpecError.at(span, f"cannot remove '{edit.path}': there is no such key")
+            del parent[key]
+            _forget(smap, here)
+            return
+        value, kept = edit.value, {}
+        if _is_block_swap(here, parent.get(key) if isinstance(parent, dict) else None, value):
+            kept = {k: parent[key][k] for k in WIRING_KEYS if k in parent[key] and k not in value}
+            value = {**value, **kept}
+        # The kept wiring keeps its positions in the base file; everything else now comes from the edit.
+        kept_at = [(*here, k) for k in kept]
+        kept_values = {q: s for q, s in smap.values.items() if any(q[: len(k)] == k for k in kept_at)}
+        kept_keys = {q: s for q, s in smap.keys.items() if any(q[: len(k)] == k for k in kept_at)}
+        parent[key] = value
+        _forget(smap, here)
+        smap.values.update({(*here, *q): s for q, s in edit.positions.items()})
+        smap.keys.update({(*here, *q): s for q, s in edit.key_positions.items()})
+        smap.keys.setdefault(here, edit.path_span)
+        smap.values.update(kept_values)
+        smap.keys.update(kept_keys)
+
+
+def _is_block_swap(path: tuple, old: Any, new: Any) -> bool:
+    return len(path) == 2 and path[0] == "blocks" and isinstance(old, dict) and isinstance(new, dict) and (
+        "type" in new or "shares" in new
+    )
+
+
+def _part_span(edit: Edit, parts: list, j: int) -> Span:
+    s = edit.path_span
+    if s.end_line not in (None, s.line):
+        return s
+    return s.shifted(len(".".join(map(str, parts[:j]))) + (1 if j else 0), len(str(parts[j])))
 
 
 def _forget(smap: SourceMap, path: tuple) -> None:
