@@ -473,8 +473,8 @@ def schema(output: Path | None, of_sweep: bool) -> None:
     if of_sweep:
         from dagcv.sweep.config import SweepConfig
 
-        doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "dagcv sweep",
-               **SweepConfig.model_json_schema()}  # fmt: skip
+        doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", **SweepConfig.model_json_schema(),
+               "title": "dagcv sweep file"}  # fmt: skip
     else:
         from dagcv.schema import spec_schema
 

@@ -17,9 +17,10 @@ The head keeps torchvision's submodule names (``classification_head``, ``regress
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge, Le
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.retinanet import RetinaNetHead
@@ -108,6 +109,8 @@ class RetinaLoss(nn.Module):
         fg_iou_thresh: IoU from which an anchor is foreground.
         bg_iou_thresh: IoU below which an anchor is background (between the two it is ignored).
         bbox_loss: the box loss (torchvision's ``_box_loss`` types; RetinaNet uses ``l1``).
+        focal_alpha: the focal loss's weight of positives (0.25 in the paper and torchvision).
+        focal_gamma: the focal loss's focusing exponent (2 in the paper; 0 is plain binary cross-entropy).
 
     Example:
         >>> loss = RetinaLoss()
@@ -124,8 +127,11 @@ class RetinaLoss(nn.Module):
         fg_iou_thresh: Fraction = 0.5,
         bg_iou_thresh: Fraction = 0.4,
         bbox_loss: Literal["l1", "smooth_l1", "giou", "diou", "ciou"] = "l1",
+        focal_alpha: Fraction = 0.25,
+        focal_gamma: Annotated[float, Ge(0), Le(10)] = 2.0,
     ) -> None:
         super().__init__()
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.proposal_matcher = det_utils.Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.bbox_loss = bbox_loss
@@ -150,7 +156,8 @@ class RetinaLoss(nn.Module):
             gt_classes_target = torch.zeros_like(logits)
             gt_classes_target[foreground, targets_per_image["labels"][matched[foreground]]] = 1.0
             valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
-            loss = sigmoid_focal_loss(logits[valid], gt_classes_target[valid], reduction="sum")
+            loss = sigmoid_focal_loss(logits[valid], gt_classes_target[valid], alpha=self.focal_alpha,
+                                      gamma=self.focal_gamma, reduction="sum")  # fmt: skip
             losses.append(loss / max(1, num_foreground))
         return _sum(losses) / len(targets)
 
