@@ -438,6 +438,10 @@ def fmt(
     unformatted = []
     for spec_path in specs:
         spec = load_spec(spec_path)
+        if any(span.file != spec.source.file for span in spec.source.values.values()):
+            click.echo(f"{spec_path} extends another spec: left as written (`dagcv fmt --resolved` prints it merged)",
+                       err=True)  # fmt: skip
+            continue
         source_syntax = "dsl" if spec_path.suffix == ".dagcv" else "yaml"
         target_syntax = syntax or (
             ("dsl" if output.suffix == ".dagcv" else "yaml") if output and str(output) != "-" else source_syntax
@@ -514,6 +518,42 @@ def _describe(c) -> str:
     return "\n".join(lines)
 
 
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@_set_option
+def diff(a: str, b: str, overrides: tuple[str, ...]) -> None:
+    """What specs A and B differ in, block by block (as dagcv reads them: extends merged).
+
+    A or B may be a point of a sweep, written SWEEP_FILE#POINT (the point's name as `dagcv sweep plan` shows it,
+    e.g. studies/backbone_ablation.yaml#backbone=lenet,seed=0). --set applies to B. Exit 1 when they differ.
+    """
+    from dagcv.spec.diff import format_diff, spec_diff
+
+    first, second = _spec_or_point(a, []), _spec_or_point(b, list(overrides))
+    changes = spec_diff(first, second)
+    click.echo(format_diff(changes))
+    sys.exit(1 if changes else 0)
+
+
+def _spec_or_point(target: str, overrides: list[str]):
+    from dagcv.spec import load_spec
+
+    if "#" not in target:
+        return load_spec(Path(target), overrides)
+    from dagcv.sweep.points import load_sweep
+
+    path, _, name = target.partition("#")
+    study = load_sweep(path)
+    points = {p.name: p for p in study.points()}
+    if name not in points:
+        from dagcv.errors import did_you_mean
+
+        raise click.BadParameter(f"{path} has no point '{name}'; " + (did_you_mean(name, points) or
+                                 f"points: {', '.join(points)}"))  # fmt: skip
+    if overrides:
+        raise click.UsageError("--set applies to spec files, not to sweep points")
+    return study.spec(points[name])
 
 
 # ---------------------------------------------------------------------------------------------------------------

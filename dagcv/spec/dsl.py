@@ -36,7 +36,7 @@ from lark.lexer import Lexer, LexerState
 from dagcv.errors import Diagnostic, Span, SpecError, did_you_mean
 from dagcv.spec.source import Path, SourceMap
 
-KEYWORDS = ("dagcv", "name", "description", "input", "sizes", "output", "train", "data")
+KEYWORDS = ("dagcv", "extends", "name", "description", "input", "sizes", "output", "train", "data")
 WORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "inf": math.inf, "nan": math.nan}
 RESERVED_PARAMS = {
     "type": "the block type comes after '=': `name = block_type(...)`",
@@ -50,7 +50,9 @@ _CLOSE = {"RPAR": ")", "RSQB": "]", "RBRACE": "}"}
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 _VALUE_START = {"IDENT", "INT", "FLOAT", "STRING", "DOTTED", "LSQB", "LBRACE", *(f"KW_{k.upper()}" for k in KEYWORDS)}
 _MAX_DEPTH = 100
-_STATEMENTS = ("version", "title", "description", "input", "sizes", "output", "train", "data", "node", "chain")
+_STATEMENTS = (
+    "version", "extends", "title", "description", "input", "sizes", "output", "train", "data", "node", "chain",
+)  # fmt: skip
 
 
 class _Lexer(Lexer):
@@ -205,7 +207,7 @@ class _Reader:
         if self.define(self.data, (key,), self.span(keyword), ""):
             self.data[key] = self.value(value, (key,))
 
-    _version = _title = _description = _train = _data = _top
+    _version = _extends = _title = _description = _train = _data = _top
 
     def _input(self, tree: Tree) -> None:
         keyword, name, type_text = tree.children
@@ -366,6 +368,7 @@ EXAMPLES: dict[str, list[str]] = {
 
 _KEYWORD_EXAMPLES = {
     "dagcv": "dagcv 1",
+    "extends": 'extends "base.dagcv"',
     "name": "name lenet_mnist",
     "description": 'description "what it is"',
     "input": "input image: Image[B, 3, H, W]",

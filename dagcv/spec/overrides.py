@@ -122,8 +122,12 @@ def apply_edit(data: dict, smap: SourceMap, edit: Edit) -> None:
 
 
 def _is_block_swap(path: tuple, old: Any, new: Any) -> bool:
-    return len(path) == 2 and path[0] == "blocks" and isinstance(old, dict) and isinstance(new, dict) and (
-        "type" in new or "shares" in new
+    return (
+        len(path) == 2
+        and path[0] == "blocks"
+        and isinstance(old, dict)
+        and isinstance(new, dict)
+        and ("type" in new or "shares" in new)
     )
 
 

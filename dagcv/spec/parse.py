@@ -21,7 +21,11 @@ _BLOCK_KEYS = ("type", "shares", "in", "mode")
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read and validate a spec file (with ``--set`` overrides applied); raises :class:`SpecError`."""
-    path = Path(path)
+    return parse_spec_text(read_spec_file(Path(path)), str(path), overrides)
+
+
+def read_spec_file(path: Path) -> str:
+    """The text of a spec file within the size limit; any problem is a :class:`SpecError`."""
     cap = int(limits().file_mib * 2**20)
     try:
         if not path.is_file():
@@ -37,7 +41,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
             f"spec file is larger than {limits().file_mib:g} MiB",
             hint="a spec describes a model; data belongs in files it names (see `dagcv --limit`)",
         )
-    return parse_spec_text(decode(raw, str(path)), str(path), overrides)
+    return decode(raw, str(path))
 
 
 def decode(raw: bytes, file: str) -> str:
@@ -66,12 +70,17 @@ def parse_spec_text(text: str, file: str, overrides: list[str] | None = None) ->
             data, smap = load_dsl(text, file)
         else:
             data, smap = load_yaml(text, file)
+        if isinstance(data, dict) and "extends" in data:
+            from dagcv.spec.extends import resolve_extends
+
+            data, smap, bases = resolve_extends(data, smap)
+            extra.update(bases)
         if overrides:
             from dagcv.spec.overrides import apply_overrides
 
             if not isinstance(data, dict):
                 raise SpecError.at(smap.value(), "a spec must be a mapping at the top level")
-            extra = apply_overrides(data, smap, overrides)
+            extra.update(apply_overrides(data, smap, overrides))
         data, smap = sanitize(data, smap)
         spec = spec_from_data(data, smap)
         spec._overrides = extra

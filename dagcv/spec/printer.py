@@ -118,14 +118,14 @@ def collect_comments(spec: Spec) -> Comments:
     dsl = smap.file.endswith(".dagcv")
     for path in element_paths(spec):
         span = smap.keys.get(path)
-        if span is None or (dsl and path in _DSL_SECTIONS):
-            continue
+        if span is None or span.file != smap.file or (dsl and path in _DSL_SECTIONS):
+            continue  # no key, or one written in another file (a base spec, an override): no comments here
         out.above[path] = _run_above(lines, span.line - 2, is_comment, taken)
     for path in _DSL_SECTIONS if dsl else ():
         # In the DSL a section has no line of its own: its comments are the run above the first statement's,
         # a blank line apart (that is how to_dsl writes the comments of YAML's `inputs:` line).
         span = smap.keys.get(path)
-        i = span.line - 2 if span else -1
+        i = span.line - 2 if span and span.file == smap.file else -1
         while i >= 0 and is_comment[i] and i in taken:
             i -= 1
         while i >= 0 and not lines[i].strip():
@@ -154,6 +154,8 @@ def _end_of_line_comments(spec: Spec, lines: list[str], is_comment: list[bool]) 
         if dsl and path in _DSL_SECTIONS:
             continue  # in the DSL these keys are the first statement's, which owns its comment
         span = smap.keys.get(path)
+        if span is not None and span.file != smap.file:
+            continue  # written in another file (a base spec, an override)
         if span is not None and (span.line not in owners or span.col < owners[span.line][0]):
             owners[span.line] = (span.col, path)
     out: dict[Path, str] = {}

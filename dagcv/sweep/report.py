@@ -169,6 +169,8 @@ def markdown(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> str:
         "",
     ]
     for table, rows in tables(sweep, sdir, planned).items():
+        if table != "study" and len(sweep.cfg.axes) == 1:
+            continue  # one axis: its table is the whole study's
         lines += [f"## {'Whole study' if table == 'study' else f'Axis `{table}`'}", ""]
         cells = [r.cells() for r in rows]
         header = list(cells[0]) if cells else []

@@ -1,0 +1,142 @@
+"""Variant specs as small diffs: ``extends: base.yaml`` and then only what changes.
+
+The base is a path relative to the extending file (YAML or DSL; chains are allowed, cycles are an error). The
+child's plain data is merged onto the base's:
+
+- mappings merge key by key, recursively;
+- a block whose ``type`` differs from the base's is a *block swap*: it keeps the base block's ``in:`` and
+  ``mode:`` unless it gives its own, and none of its parameters (as ``--set blocks.x='{type: ...}'``);
+- a mapping with ``replace: true`` replaces the base's value whole (MMDetection's ``_delete_``);
+- ``{remove: true}`` removes the key (a block, an output, a train key);
+- lists and scalars replace.
+
+Every value keeps the position of the file that wrote it, so a diagnostic names the base's line for what the
+base wrote and the child's line for what the child wrote.
+
+>>> base = {"blocks": {"a": {"type": "x", "in": "img", "k": 1}, "b": {"type": "y"}}, "train": {"epochs": 3}}
+>>> child = {"blocks": {"a": {"type": "z"}, "b": {"remove": True}}, "train": {"lr": 0.1}}
+>>> merge(base, child, SourceMap("b", ""), SourceMap("c", ""))[0]
+{'blocks': {'a': {'type': 'z', 'in': 'img'}}, 'train': {'epochs': 3, 'lr': 0.1}}
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from dagcv.errors import SpecError
+from dagcv.spec.overrides import REMOVE, WIRING_KEYS
+from dagcv.spec.source import SourceMap
+
+MAX_CHAIN = 32  # files in one chain of extends
+
+
+def resolve_extends(data: dict, smap: SourceMap, chain: tuple[Path, ...] = ()) -> tuple[dict, SourceMap, dict]:
+    """``data`` merged onto the chain of specs it extends; returns the data, its positions and the base texts.
+
+    ``chain`` holds the resolved paths of the files that extend this one (to report cycles).
+    """
+    from dagcv.spec.parse import read_spec_file
+
+    target = data.pop("extends")
+    span = smap.value("extends")
+    here = Path(smap.file).resolve()
+    chain = (*chain, here)
+    if not isinstance(target, str) or not target.strip():
+        raise SpecError.at(span, "`extends` takes the path of a spec file", hint="extends: base.yaml")
+    path = Path(smap.file).parent / target
+    if path.resolve() in chain:
+        cycle = " → ".join(p.name for p in (*chain, path.resolve()))
+        raise SpecError.at(span, f"`extends` makes a cycle: {cycle}", hint="a spec cannot extend itself")
+    if len(chain) >= MAX_CHAIN:
+        raise SpecError.at(span, f"more than {MAX_CHAIN} specs extend one another")
+    if not path.is_file():
+        raise SpecError.at(span, f"no such spec file: {path}", hint="`extends` is relative to the spec that names it")
+    text = read_spec_file(path)
+    base, base_smap = _load(text, str(path))
+    sources = {str(path): text}
+    if not isinstance(base, dict):
+        raise SpecError.at(base_smap.value(), "a spec must be a mapping at the top level").with_sources(sources)
+    try:
+        if "extends" in base:
+            base, base_smap, more = resolve_extends(base, base_smap, chain)
+            sources.update(more)
+        merged, merged_smap = merge(base, data, base_smap, smap)
+    except SpecError as exc:
+        raise exc.with_sources(sources) from None
+    return merged, merged_smap, sources
+
+
+def _load(text: str, file: str) -> tuple[Any, SourceMap]:
+    if file.endswith(".dagcv"):
+        from dagcv.spec.dsl import load_dsl
+
+        return load_dsl(text, file)
+    from dagcv.spec.yaml_loader import load_yaml
+
+    return load_yaml(text, file)
+
+
+def merge(base: dict, child: dict, base_smap: SourceMap, child_smap: SourceMap) -> tuple[dict, SourceMap]:
+    """``child`` merged onto ``base`` (see the module docstring), with the positions of both."""
+    out = SourceMap(child_smap.file, child_smap.text, dict(base_smap.values), dict(base_smap.keys))
+    merged = _merge(copy.deepcopy(base), child, (), out, child_smap)
+    return merged, out
+
+
+def _merge(base: Any, child: Any, path: tuple, out: SourceMap, smap: SourceMap) -> Any:
+    if (
+        isinstance(base, dict)
+        and isinstance(child, dict)
+        and child.get("replace") is not True
+        and not _swap(path, base, child)
+    ):
+        for key, value in child.items():
+            at = (*path, key)
+            if value == REMOVE:
+                if key not in base:
+                    raise SpecError.at(smap.key(*at), f"'{'.'.join(map(str, at))}' is not in the base spec to remove")
+                del base[key]
+                _forget(out, at)
+                continue
+            base[key] = _merge(base[key], value, at, out, smap) if key in base else _take(value, at, out, smap)
+            if at in smap.keys:
+                out.keys[at] = smap.keys[at]
+        return base
+    kept = {}
+    if isinstance(base, dict) and _swap(path, base, child):
+        kept = {k: base[k] for k in WIRING_KEYS if k in base and k not in child}
+    kept_positions = [
+        (table, q, s) for table in ("values", "keys") for q, s in getattr(out, table).items()
+        if any(q[: len(path) + 1] == (*path, k) for k in kept)
+    ]  # fmt: skip
+    _forget(out, path)
+    value = _take(child, path, out, smap)
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if not (k == "replace" and v is True)}
+        value.update(kept)
+    for table, q, s in kept_positions:
+        getattr(out, table)[q] = s
+    return value
+
+
+def _swap(path: tuple, base: dict, child: Any) -> bool:
+    return (
+        len(path) == 2 and path[0] == "blocks" and isinstance(child, dict)
+        and "type" in child and child["type"] != base.get("type")
+    )  # fmt: skip
+
+
+def _take(value: Any, path: tuple, out: SourceMap, smap: SourceMap) -> Any:
+    """A value the child wrote whole: its positions come from the child."""
+    n = len(path)
+    out.values.update({q: s for q, s in smap.values.items() if q[:n] == path})
+    out.keys.update({q: s for q, s in smap.keys.items() if q[:n] == path})
+    return copy.deepcopy(value)
+
+
+def _forget(smap: SourceMap, path: tuple) -> None:
+    for table in (smap.values, smap.keys):
+        for key in [k for k in table if k[: len(path)] == path]:
+            del table[key]
