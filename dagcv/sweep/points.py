@@ -6,8 +6,7 @@ spec with the sweep's ``set:`` edits, the point's axis edits and ``train.seed`` 
 position where the sweep file wrote it, so a spec error in a point names the sweep file's line. A point is keyed
 by the hash of its resolved spec (the merged plain data, canonical JSON), stable across runs and machines.
 
->>> # doctest: +SKIP
->>> sweep = load_sweep("studies/backbone_ablation.yaml")
+>>> sweep = load_sweep("studies/backbone_ablation.yaml")  # from the repository's root
 >>> [p.name for p in sweep.points()][:2]
 ['backbone=lenet,seed=0', 'backbone=lenet,seed=1']
 """
