@@ -649,6 +649,7 @@ def sweep_plan(sweep_file: Path, out: Path | None, workers: int | None, as_json:
 @click.option("--threads", type=click.IntRange(1, 256), help="Torch threads per worker (default: the executor's).")
 @click.option("--skip-invalid", is_flag=True, help="Run the valid points even if some are invalid.")
 @click.option("--retry-failed", is_flag=True, help="Train failed and diverged points again from scratch.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where points train (default: the file's).")
 @click.option("-q", "--quiet", is_flag=True, help="No live table.")
 def sweep_run(
     sweep_file: Path,
@@ -657,6 +658,7 @@ def sweep_run(
     threads: int | None,
     skip_invalid: bool,
     retry_failed: bool,
+    executor: str | None,
     quiet: bool,
 ) -> None:
     """Check every point, then train those not finished; a re-run continues where the last one stopped."""
@@ -669,7 +671,11 @@ def sweep_run(
     title = f"{study.name}: {sdir.root}"
     try:
         if quiet:
-            states = run_sweep(study, sdir, planned, workers=workers, threads=threads, retry_failed=retry_failed)
+            states = run_sweep(study, sdir, planned, workers=workers, threads=threads, retry_failed=retry_failed,
+                               executor=executor)  # fmt: skip
+        elif (executor or study.cfg.executor.type) == "ray":  # Ray Tune reports progress itself
+            states = run_sweep(study, sdir, planned, workers=workers, threads=threads, retry_failed=retry_failed,
+                               executor="ray")  # fmt: skip
         else:
             with Live(_points_table(study, sdir, planned, title), console=console, refresh_per_second=2) as live:
                 states = run_sweep(
@@ -698,10 +704,17 @@ def sweep_run(
 @click.option("--workers", type=click.IntRange(1, 64))
 @click.option("--threads", type=click.IntRange(1, 256))
 @click.option("--retry-failed", is_flag=True, help="Train failed and diverged points again from scratch.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where points train (default: the file's).")
 @click.option("-q", "--quiet", is_flag=True)
 @click.pass_context
 def sweep_resume(
-    ctx: click.Context, target: Path, workers: int | None, threads: int | None, retry_failed: bool, quiet: bool
+    ctx: click.Context,
+    target: Path,
+    workers: int | None,
+    threads: int | None,
+    retry_failed: bool,
+    executor: str | None,
+    quiet: bool,
 ) -> None:
     """Continue an interrupted sweep (its directory or file): finished points are kept, interrupted ones resume."""
     ctx.invoke(
@@ -712,6 +725,7 @@ def sweep_resume(
         threads=threads,
         skip_invalid=True,
         retry_failed=retry_failed,
+        executor=executor,
         quiet=quiet,
     )
 

@@ -1,6 +1,6 @@
 """What a sweep costs beyond the training it runs, side by side in one run.
 
-1. **Per-point overhead** on 20 trivial points (``mlp_digits`` for a few steps, 20 seeds): the wall time of
+1. **Per-point overhead** of each executor (local, and Ray when installed) on 20 trivial points (``mlp_digits`` for a few steps, 20 seeds): the wall time of
    ``dagcv sweep run`` (plan included: checking every point, compiling the model, starting the workers) minus the
    time the same 20 trainings take as plain ``train_spec`` calls in one process, divided by 20. Goal for the
    local executor: at most 0.5 s per point.
@@ -37,11 +37,11 @@ executor: {{workers: 1, threads: 1}}
 """
 
 
-def sweep_wall(sweep_file: Path, out: Path, workers: int) -> float:
+def sweep_wall(sweep_file: Path, out: Path, workers: int, executor: str = "local") -> float:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "dagcv.cli", "sweep", "run", str(sweep_file), "--out", str(out), "-q",
-           "--workers", str(workers)]  # fmt: skip
+           "--workers", str(workers), "--executor", executor]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
@@ -80,6 +80,14 @@ def main() -> None:
     print(f"  dagcv sweep run (local executor):     {local_s:6.2f} s  (plan, worker start-up and bookkeeping included)")
     verdict = "ok" if overhead <= 0.5 else "MISSED"
     print(f"  overhead per point:                   {overhead:6.3f} s  (goal ≤ 0.5 s)  {verdict}")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("  ray executor: skipped (pip install 'dagcv[ray]')")
+    else:
+        ray_s = sweep_wall(trivial, tmp / "ray", workers=1, executor="ray")
+        print(f"  dagcv sweep run --executor ray:       {ray_s:6.2f} s  (a local Ray instance started and stopped)")
+        print(f"  overhead per point:                   {(ray_s - train_s) / args.points:6.3f} s")
 
     if args.skip_mnist:
         return

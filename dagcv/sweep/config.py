@@ -53,9 +53,12 @@ class Metric(BaseModel):
 class Executor(BaseModel):
     model_config = _STRICT
 
-    type: Literal["local"] = Field(default="local", description="where points train: local worker processes")
+    type: Literal["local", "ray"] = Field(
+        default="local", description="local worker processes, or Ray Tune trials (pip install 'dagcv[ray]')"
+    )
     workers: Annotated[int, Ge(1)] = Field(default=1, description="points trained at once")
-    threads: Annotated[int, Ge(1)] = Field(default=1, description="torch threads per worker")
+    threads: Annotated[int, Ge(1)] = Field(default=1, description="torch threads (CPUs) per point")
+    address: str | None = Field(default=None, description="ray: the address of a running Ray cluster")
 
 
 class SweepConfig(BaseModel):

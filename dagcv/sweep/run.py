@@ -123,11 +123,12 @@ def run_sweep(
     workers: int | None = None,
     threads: int | None = None,
     retry_failed: bool = False,
+    executor: str | None = None,
     on_update: Any = None,
 ) -> dict[str, str]:
     """Train every valid point that is not finished; returns point name → final state.
 
-    ``on_update(states)`` is called whenever something may have changed (for a live table).
+    ``on_update()`` is called whenever something may have changed (for a live table of the local executor).
     """
     workers = workers or sweep.cfg.executor.workers
     threads = threads or sweep.cfg.executor.threads
@@ -139,6 +140,11 @@ def run_sweep(
             state = "pending"
         if state in ("pending", "interrupted", "running"):
             todo.append(pp)
+    if (executor or sweep.cfg.executor.type) == "ray":
+        from dagcv.sweep.ray_executor import run_with_ray
+
+        run_with_ray(sweep, sdir, todo, workers=workers, threads=threads, address=sweep.cfg.executor.address)
+        return {pp.point.name: sdir.state(pp) for pp in planned}
     report = on_update or (lambda: None)
     ctx = get_context("spawn")
     with ProcessPoolExecutor(

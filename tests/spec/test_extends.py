@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from dagcv.spec import diff as diff_module
-from dagcv.spec import extends as extends_module
-from dagcv.sweep import points as points_module
-from dagcv.sweep import report as report_module
 from dagcv.compiler import check_spec
 from dagcv.errors import SpecError
+from dagcv.spec import diff as diff_module
+from dagcv.spec import extends as extends_module
 from dagcv.spec import load_spec
 from dagcv.spec.diff import spec_diff
+from dagcv.sweep import points as points_module
+from dagcv.sweep import report as report_module
 from tests.conftest import ROOT
 
 BASE = """\
