@@ -103,7 +103,8 @@ class Mutant:
 
 
 def shipped_specs() -> list[Path]:
-    return sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("specs/*.dagcv")])
+    """Every shipped spec, the variants that extend another (``specs/variants/``) included."""
+    return sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("specs/*.dagcv"), *ROOT.glob("specs/variants/*")])
 
 
 _PARSED: dict[Path, Any] = {}
@@ -129,6 +130,13 @@ def _block_types() -> list[str]:
 
         _BLOCK_TYPES.extend(registry().contracts)
     return _BLOCK_TYPES
+
+
+EXTENDS_TARGETS = [
+    "mutant.yaml", "mutant.dagcv", "/etc/passwd", "/dev/zero", "/", "..", "../lenet_mnist.yaml",
+    "../retinanet_r18_shapes.dagcv", "lenet_mnist.yaml", "", 3, ["a.yaml"], {"a": 1}, "\x00", "a" * 5000,
+    "../mlp_digits.yaml",
+]  # fmt: skip
 
 
 def make_mutant(seed: int, index: int) -> Mutant:
@@ -158,7 +166,7 @@ def make_mutant(seed: int, index: int) -> Mutant:
         ops.append(op)
     if raw is None:
         raw = text.encode("utf-8", "surrogatepass")
-    return Mutant(index, path.name, syntax, ops, raw)
+    return Mutant(index, str(path.relative_to(ROOT / "specs")), syntax, ops, raw)
 
 
 def _print(data: Any, syntax: str, rng: random.Random) -> str | None:
@@ -220,7 +228,7 @@ def _mutate_data(rng: random.Random, data: Any, gentle: bool = False) -> str:
         return "nothing"
     blocks = data.get("blocks") if isinstance(data, dict) else None
     ops = ["delete", "value", "value", "retype", "rename", "block_type", "block_type", "param", "param", "param",
-           "new_param", "copy_block", "names", "nest", "wiring", "weights", "sizes"]  # fmt: skip
+           "new_param", "copy_block", "names", "nest", "wiring", "weights", "sizes", "extends"]  # fmt: skip
     if gentle:
         ops = ["param", "param", "param", "param", "block_type", "names", "sizes", "weights", "value"]
     op = rng.choice(ops)
@@ -228,6 +236,11 @@ def _mutate_data(rng: random.Random, data: Any, gentle: bool = False) -> str:
         isinstance(blocks, dict) and blocks and all(isinstance(b, dict) for b in blocks.values())
     ):
         op = "value"
+    if op == "extends" and isinstance(data, dict):  # a base that is itself, missing, not a spec, not a file
+        data["extends"] = rng.choice(EXTENDS_TARGETS)
+        if rng.random() < 0.2 and isinstance(data.get("blocks"), dict):
+            data["blocks"][rng.choice(["x", *data["blocks"]])] = {"remove": True}
+        return f"extends {data['extends']!r:.40}"
     if op == "delete":
         path = rng.choice(paths)
         parent = _get(data, path[:-1])
@@ -441,7 +454,11 @@ def run_mutant(mutant: Mutant, workdir: Path) -> Result:
     case = workdir / f"case{mutant.index}"
     case.mkdir()
     try:
-        spec = case / f"mutant.{'dagcv' if mutant.syntax == 'dsl' else 'yaml'}"
+        # Beside copies of the shipped specs, in a folder like theirs, so that `extends: ../base.yaml` resolves.
+        for shipped in [*ROOT.glob("specs/*.yaml"), *ROOT.glob("specs/*.dagcv")]:
+            shutil.copy(shipped, case / shipped.name)
+        (case / "variants").mkdir()
+        spec = case / "variants" / f"mutant.{'dagcv' if mutant.syntax == 'dsl' else 'yaml'}"
         spec.write_bytes(mutant.data)
         res.check, crash = _invoke(["check", str(spec)])
         if crash:
@@ -455,7 +472,10 @@ def run_mutant(mutant: Mutant, workdir: Path) -> Result:
             if res.check != 0:
                 res.problems.append("compile accepted what check rejected")
         else:
-            left = sorted(p.name for p in case.iterdir() if p != spec)
+            left = sorted(p.name for p in (case / "variants").iterdir() if p != spec)
+            left += sorted(
+                p.name for p in case.iterdir() if p.suffix not in (".yaml", ".dagcv") and p.name != "variants"
+            )
             if left:
                 res.problems.append(f"files left after a failed compile: {left}")
             if res.check == 0 and not crash:
