@@ -38,8 +38,8 @@ class PlannedPoint:
     @property
     def run_name(self) -> str:
         """The point's run directory: its name and the first 12 hex digits of its hash."""
-        safe = "".join(c if c.isalnum() or c in "=,.-_" else "_" for c in self.point.name)
-        return f"{safe}-{(self.hash or 'invalid')[:12]}"
+        safe = "".join(c if c.isascii() and (c.isalnum() or c in "=,.-_") else "_" for c in self.point.name)
+        return f"{safe[:150]}-{(self.hash or 'invalid')[:12]}"  # the hash keeps names unique, 150 keeps them legal
 
 
 def plan(sweep: Sweep, *, workers: int = 1, cache: Path | None = None) -> list[PlannedPoint]:
@@ -107,9 +107,11 @@ def _measure_point(sweep_path: str, labels: tuple, seed: int) -> dict[str, Any]:
         from dagcv.compiler import compile_spec
 
         compiled = compile_spec(sweep.spec(Point(tuple(map(tuple, labels)), seed)))
+        return measure(compiled)
     except SpecError as exc:
         return {"error": exc.format()}
-    return measure(compiled)
+    except Exception as exc:  # a bug in dagcv or a block: this point's error, not the end of the plan
+        return {"error": f"internal error while compiling: {type(exc).__name__}: {exc}"}
 
 
 def measure(compiled: Any) -> dict[str, Any]:

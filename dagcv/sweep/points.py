@@ -18,6 +18,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,14 @@ from pydantic import ValidationError
 from dagcv.errors import Diagnostic, Span, SpecError, did_you_mean
 from dagcv.spec.ir import Spec
 from dagcv.spec.overrides import Edit, apply_edit
-from dagcv.spec.parse import decode, spec_from_data, validation_diagnostics
+from dagcv.spec.parse import spec_from_data, validation_diagnostics
 from dagcv.spec.sanitize import sanitize
 from dagcv.spec.source import SourceMap
 from dagcv.spec.yaml_loader import load_yaml
 from dagcv.sweep.config import Axis, SweepConfig
 
 SEED_PATH = "train.seed"
+MAX_POINTS = 10_000  # a study that big is a mistake (crossed where zipped was meant), not a plan
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,12 @@ def content_hash(data: Any) -> str:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file and its base spec; every problem is a positioned :class:`SpecError`."""
+    from dagcv.spec.parse import read_spec_file
+
     path = Path(path)
     if not path.is_file():
         raise SpecError.at(None, f"no such sweep file: {path}")
-    text = decode(path.read_bytes(), str(path))
+    text = read_spec_file(path)  # the same size limit as a spec's
     data, smap = load_yaml(text, str(path))
     try:
         data, smap = sanitize(data, smap)
@@ -288,6 +292,14 @@ def _check_axes(sweep: Sweep) -> None:
         errors += _check_partial(sweep, cfg.baseline, ("baseline",))
     if errors:
         raise SpecError(errors)
+    groups = [len(sweep._labels[g[0]]) for g in _zip_groups(cfg.axes)]
+    count = math.prod(groups) * len(cfg.seeds)
+    if count > MAX_POINTS:
+        raise SpecError.at(
+            smap.key("axes"),
+            f"the study has {count:,} points (before exclusions); at most {MAX_POINTS:,} are allowed",
+            hint="split it into several studies, or zip axes",
+        )
     if not sweep.points():
         raise SpecError.at(smap.key("exclude"), "`exclude` leaves no point to run")
 

@@ -73,6 +73,9 @@ def test_expansion_crosses_groups_zips_axes_excludes_and_repeats_seeds(tmp_path:
         ("axes:\n  w: {at: train.optimizer.lr, values: [0.1]}\nbaseline: {v: 0.1}\n", 5, "unknown axis 'v'",
          "axes: w"),
         ("axes:\n  w: {at: train.optimizer.lr, valuse: [0.1]}\n", 4, "unknown key 'valuse'", "did you mean 'values'?"),
+        ("axes:\n  a: {at: train.seed, values: [" + ", ".join(map(str, range(101))) + "]}\n"
+         "  b: {at: train.epochs, values: [" + ", ".join(map(str, range(1, 101))) + "]}\n", 3,
+         "the study has 10,100 points", "zip axes"),
     ],
 )  # fmt: skip
 def test_a_bad_sweep_is_an_error_at_its_line(tmp_path: Path, body: str, where: int, message: str, hint) -> None:
