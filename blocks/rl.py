@@ -158,7 +158,8 @@ class MLPPolicy(nn.Module):
         _orthogonal_init(self.layers, last_std=0.01)
 
     def forward(self, obs: Tensor) -> Categorical:
-        return Categorical(logits=run_stack(self.layers, obs, torch.tanh))
+        # No argument validation: it checks every sampled action again and costs a fifth of a PPO update.
+        return Categorical(logits=run_stack(self.layers, obs, torch.tanh), validate_args=False)
 
 
 @register_block(
@@ -204,7 +205,8 @@ class GaussianMLPPolicy(nn.Module):
 
     def forward(self, obs: Tensor) -> Independent:
         mean = run_stack(self.layers, obs, torch.tanh)
-        return Independent(Normal(mean, self.log_std.exp().expand_as(mean)), 1)
+        std = self.log_std.exp().expand_as(mean)
+        return Independent(Normal(mean, std, validate_args=False), 1, validate_args=False)  # as mlp_policy
 
 
 @register_block(

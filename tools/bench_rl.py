@@ -37,8 +37,8 @@ TARGET, BUDGET = 475.0, 100_000
 def run_dagcv(seed: int, spec: str = "ppo_cartpole", steps: int = BUDGET, target: bool = True) -> dict:
     overrides = [f"train.seed={seed}", f"train.env_steps={steps}", "train.checkpoint_every=100000"]
     overrides += [] if target else ["train.stop_at_return=null"]
-    loop = make_loop(load_spec(ROOT / "specs" / f"{spec}.yaml", overrides), Options(quiet=True),
-                     run_dir=Path(tempfile.mkdtemp()) / "run")  # fmt: skip
+    options = Options(quiet=True, run_dir=Path(tempfile.mkdtemp()) / "run")
+    loop = make_loop(load_spec(ROOT / "specs" / f"{spec}.yaml", overrides), options)
     loop.ctx.write_header("")
     start = time.perf_counter()
     result = loop.run()

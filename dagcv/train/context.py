@@ -53,11 +53,12 @@ class TrainingDiverged(RuntimeError):
     """The run stopped on a NaN/inf loss (a checkpoint of the last good state was saved)."""
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    """The NaN guard: raises :class:`NonFiniteLoss` naming every loss that is not finite."""
+def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    """The NaN guard: raises :class:`NonFiniteLoss` naming every loss that is not finite; returns their values."""
     values = {k: float(v.detach()) for k, v in losses.items()}
     if not all(math.isfinite(v) for v in values.values()):
         raise NonFiniteLoss(values, step)
+    return values
 
 
 @dataclass

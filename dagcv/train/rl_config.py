@@ -66,14 +66,20 @@ class OnPolicyConfig(RunConfig):
         default=None, description="stop once the mean return of the last 20 episodes reaches this"
     )
 
-    PROGRAMS: ClassVar[tuple[str, ...]] = ("act", "update")
+    PROGRAMS: ClassVar[tuple[str, ...]] = ("act", "update", "monitor")
 
     def programs(self, outputs: dict[str, str]) -> dict[str, tuple[list[str], str]]:
-        """``act``: the distribution and value for acting (no losses); ``update``: the losses, distribution and
-        value on a minibatch of the rollout."""
+        """``act``: the distribution and value for acting (no losses); ``update``: the weighted losses,
+        distribution and value on a minibatch of the rollout; ``monitor``: the losses weighted 0 (an entropy bonus
+        switched off), computed without gradients once per rollout for the log, not on every minibatch."""
         acting = [o for o in (self.policy, self.value) if o is not None]
         losses = [name for name, kind in outputs.items() if kind == "Loss"]
-        return {"act": (acting, "eval"), "update": ([*losses, *acting], "train")}
+        weights = self.losses or dict.fromkeys(losses, 1.0)
+        trained = [name for name in losses if weights.get(name, 0.0) != 0.0]
+        programs = {"act": (acting, "eval"), "update": ([*trained, *acting], "train")}
+        if len(trained) < len(losses):
+            programs["monitor"] = ([name for name in losses if name not in trained], "train")
+        return programs
 
 
 class PPOConfig(OnPolicyConfig):

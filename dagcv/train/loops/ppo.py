@@ -68,8 +68,10 @@ class PPOLoop:
         self.act = self.model.program(*programs["act"])
         self.update_program = self.model.program(*programs["update"])
         self.update_args = _placeholders(self.update_program)
+        self.monitor = self.model.program(*programs["monitor"]) if "monitor" in programs else None
         losses = [name for name, kind in kinds.items() if kind == "Loss"]
-        self.weights = cfg.losses or dict.fromkeys(losses, 1.0)
+        weights = cfg.losses or dict.fromkeys(losses, 1.0)
+        self.weights = {name: w for name, w in weights.items() if w != 0.0}  # the rest only goes to the log
         blocks = cfg.optimizer.blocks
         modules = [getattr(self.model, b) for b in blocks] if blocks else [self.model]
         self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -209,7 +211,7 @@ class PPOLoop:
                     batch["advantage"] = (adv - adv.mean()) / (adv.std() + 1e-8)
                 out = self.update_program(**batch)
                 losses = {name: out[name] for name in self.weights}
-                check_finite(losses, self.iteration + 1)
+                values = check_finite(losses, self.iteration + 1)
                 total = sum(w * losses[name] for name, w in self.weights.items())
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()  # type: ignore[union-attr]
@@ -222,12 +224,17 @@ class PPOLoop:
                     kl, clipfrac = kl_and_clip_fraction(log_ratio, clip)
                     kls.append(kl)
                     clipfracs.append(clipfrac)
-                    for name, value in losses.items():
-                        sums[name] = sums.get(name, 0.0) + float(value)
+                    for name, value in values.items():
+                        sums[name] = sums.get(name, 0.0) + value
                     count += 1
             if cfg.target_kl is not None and kls and kls[-1] > cfg.target_kl:
                 break
         stats = {f"train/{name}": value / max(count, 1) for name, value in sums.items()}
+        if self.monitor is not None:  # losses weighted 0, on the last minibatch: logged, never differentiated
+            with torch.no_grad():
+                args = _placeholders(self.monitor)
+                out = self.monitor(**{name: value for name, value in batch.items() if name in args})
+            stats.update({f"train/{name}": float(value) for name, value in out.items()})
         stats.update(
             {"approx_kl": kls[-1] if kls else 0.0, "clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0}
         )
