@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dagcv.errors import SpecError
-from dagcv.spec.overrides import REMOVE, WIRING_KEYS
+from dagcv.spec.overrides import REMOVE, WIRING_KEYS, forget_positions
 from dagcv.spec.source import SourceMap
 
 MAX_CHAIN = 32  # files in one chain of extends
@@ -98,7 +98,7 @@ def _merge(base: Any, child: Any, path: tuple, out: SourceMap, smap: SourceMap) 
                 if key not in base:
                     raise SpecError.at(smap.key(*at), f"'{'.'.join(map(str, at))}' is not in the base spec to remove")
                 del base[key]
-                _forget(out, at)
+                forget_positions(out, at)
                 continue
             base[key] = _merge(base[key], value, at, out, smap) if key in base else _take(value, at, out, smap)
             if at in smap.keys:
@@ -111,7 +111,7 @@ def _merge(base: Any, child: Any, path: tuple, out: SourceMap, smap: SourceMap) 
         (table, q, s) for table in ("values", "keys") for q, s in getattr(out, table).items()
         if any(q[: len(path) + 1] == (*path, k) for k in kept)
     ]  # fmt: skip
-    _forget(out, path)
+    forget_positions(out, path)
     value = _take(child, path, out, smap)
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if not (k == "replace" and v is True)}
@@ -134,9 +134,3 @@ def _take(value: Any, path: tuple, out: SourceMap, smap: SourceMap) -> Any:
     out.values.update({q: s for q, s in smap.values.items() if q[:n] == path})
     out.keys.update({q: s for q, s in smap.keys.items() if q[:n] == path})
     return copy.deepcopy(value)
-
-
-def _forget(smap: SourceMap, path: tuple) -> None:
-    for table in (smap.values, smap.keys):
-        for key in [k for k in table if k[: len(path)] == path]:
-            del table[key]

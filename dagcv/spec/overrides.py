@@ -102,7 +102,7 @@ def apply_edit(data: dict, smap: SourceMap, edit: Edit) -> None:
             if not isinstance(parent, dict) or key not in parent:
                 raise SpecError.at(span, f"cannot remove '{edit.path}': there is no such key")
             del parent[key]
-            _forget(smap, here)
+            forget_positions(smap, here)
             return
         value, kept = edit.value, {}
         if _is_block_swap(here, parent.get(key) if isinstance(parent, dict) else None, value):
@@ -113,7 +113,7 @@ def apply_edit(data: dict, smap: SourceMap, edit: Edit) -> None:
         kept_values = {q: s for q, s in smap.values.items() if any(q[: len(k)] == k for k in kept_at)}
         kept_keys = {q: s for q, s in smap.keys.items() if any(q[: len(k)] == k for k in kept_at)}
         parent[key] = value
-        _forget(smap, here)
+        forget_positions(smap, here)
         smap.values.update({(*here, *q): s for q, s in edit.positions.items()})
         smap.keys.update({(*here, *q): s for q, s in edit.key_positions.items()})
         smap.keys.setdefault(here, edit.path_span)
@@ -138,7 +138,7 @@ def _part_span(edit: Edit, parts: list, j: int) -> Span:
     return s.shifted(len(".".join(map(str, parts[:j]))) + (1 if j else 0), len(str(parts[j])))
 
 
-def _forget(smap: SourceMap, path: tuple) -> None:
+def forget_positions(smap: SourceMap, path: tuple) -> None:
     """Drop positions under ``path``: the file no longer holds that value."""
     for table in (smap.values, smap.keys):
         for key in [k for k in table if k[: len(path)] == path]:
