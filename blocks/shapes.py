@@ -290,6 +290,14 @@ class _ShapesSplit:
     def _missing(self, what: str) -> None:
         raise FileNotFoundError(f"{self.block}: {what}. Set generate: N (N > 0) to write N synthetic images there.")
 
+    def _check_count(self, count: int, where: Path) -> None:
+        """A split written for another ``generate`` is not silently reused (a sweep over it would compare nothing)."""
+        if self.generate > 0 and count != self.generate:
+            raise ValueError(
+                f"{self.block}: {where} holds {count} images but the block asks to generate {self.generate}; "
+                "delete the folder to write it again, or use another root"
+            )
+
     def _check_sizes(self, sizes: set[tuple[int, int]], where: Path) -> None:
         if sizes - {(self.height, self.width)}:
             found = ", ".join(f"{h}×{w}" for h, w in sorted(sizes))
@@ -325,7 +333,8 @@ class ShapesCoco(_ShapesSplit):
     Args:
         root: folder holding the split folders.
         split: the split folder to read (``train``, ``val``, ...).
-        generate: number of images to generate when the split is missing; 0 never generates.
+        generate: number of images to generate when the split is missing; 0 never generates (and accepts any
+            number of images), N > 0 also refuses a split that holds another number.
         height: image height (checked against the files).
         width: image width (checked against the files).
         seed: seed of the generated images.
@@ -351,6 +360,7 @@ class ShapesCoco(_ShapesSplit):
             self._missing(f"missing {_located(path)}")
         data = CocoInstances(folder)
         self._check_sizes({(img["height"], img["width"]) for img in data.coco.imgs.values()}, path)
+        self._check_count(len(data.coco.imgs), path)
         return data
 
 
@@ -410,7 +420,8 @@ class ShapesSegmentation(_ShapesSplit):
     Args:
         root: folder holding the split folders.
         split: the split folder to read (``train``, ``val``, ...).
-        generate: number of images to generate when the split is missing; 0 never generates.
+        generate: number of images to generate when the split is missing; 0 never generates (and accepts any
+            number of images), N > 0 also refuses a split that holds another number.
         height: image height (checked against the files).
         width: image width (checked against the files).
         seed: seed of the generated images.
@@ -433,4 +444,5 @@ class ShapesSegmentation(_ShapesSplit):
             self._missing(f"no masks in {_located(semantic)}")
         data = SemanticMasks(folder)
         self._check_sizes(set(data.sizes), folder)
+        self._check_count(len(data), folder)
         return data

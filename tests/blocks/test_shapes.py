@@ -313,3 +313,15 @@ def test_v2_transforms_move_the_mask_with_the_image(coco_split: Path) -> None:
     image, mask = data[0]
     _, flipped_mask = v2.RandomHorizontalFlip(p=1)((image, mask))
     torch.testing.assert_close(flipped_mask.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).flip(-1))
+
+
+def test_a_split_written_for_another_count_is_refused_not_reused(tmp_path: Path) -> None:
+    from blocks.shapes import ShapesSegmentation
+
+    assert len(ShapesCoco(root=str(tmp_path), generate=3, height=32, width=32).dataset()) == 3
+    assert len(ShapesCoco(root=str(tmp_path), generate=0, height=32, width=32).dataset()) == 3  # 0: any count
+    with pytest.raises(ValueError, match="holds 3 images but the block asks to generate 5"):
+        ShapesCoco(root=str(tmp_path), generate=5, height=32, width=32).dataset()
+    ShapesSegmentation(root=str(tmp_path / "seg"), generate=2, height=32, width=32).dataset()
+    with pytest.raises(ValueError, match="holds 2 images but the block asks to generate 4"):
+        ShapesSegmentation(root=str(tmp_path / "seg"), generate=4, height=32, width=32).dataset()
