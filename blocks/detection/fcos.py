@@ -15,7 +15,10 @@ The head keeps torchvision's submodule names (``classification_head``, ``regress
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from annotated_types import Ge, Le
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSRegressionHead
@@ -135,7 +138,7 @@ class FCOSLoss(nn.Module):
 
     Points are matched to boxes as :func:`fcos_match` describes. Then, with ``P`` the foreground points:
 
-    - ``classification``: sigmoid focal loss (α 0.25, γ 2) over every point and class, one-hot targets;
+    - ``classification``: sigmoid focal loss (α 0.25, γ 2 by default) over every point and class, one-hot targets;
     - ``bbox_regression``: generalized IoU loss between decoded and matched boxes over ``P``;
     - ``bbox_ctrness``: binary cross-entropy of the centre-ness logit against
       ``sqrt(min(l, r) / max(l, r) · min(t, b) / max(t, b))`` of the matched box, over ``P``.
@@ -146,6 +149,8 @@ class FCOSLoss(nn.Module):
     Args:
         center_sampling_radius: how far from a box centre (in strides of the point's level) a point may be a
             positive.
+        focal_alpha: the focal loss's weight of positives (0.25, as torchvision's FCOS).
+        focal_gamma: the focal loss's focusing exponent (2; 0 is plain binary cross-entropy).
 
     Example:
         >>> points = torch.tensor([[0.0, 0, 8, 8], [8, 0, 16, 8]])  # two stride-8 points, one level
@@ -156,9 +161,16 @@ class FCOSLoss(nn.Module):
         ['bbox_ctrness', 'bbox_regression', 'classification']
     """
 
-    def __init__(self, *, center_sampling_radius: float = 1.5) -> None:
+    def __init__(
+        self,
+        *,
+        center_sampling_radius: float = 1.5,
+        focal_alpha: Fraction = 0.25,
+        focal_gamma: Annotated[float, Ge(0), Le(10)] = 2.0,
+    ) -> None:
         super().__init__()
         self.center_sampling_radius = center_sampling_radius
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.box_coder = det_utils.BoxLinearCoder(normalize_by_size=True)
 
     def forward(
@@ -187,7 +199,9 @@ class FCOSLoss(nn.Module):
 
         one_hot = torch.zeros_like(cls_logits)
         one_hot[foreground, labels[foreground]] = 1.0
-        loss_cls = sigmoid_focal_loss(cls_logits, one_hot, reduction="sum")
+        loss_cls = sigmoid_focal_loss(
+            cls_logits, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        )
 
         predicted = self.box_coder.decode(bbox_regression, points)
         loss_box = generalized_box_iou_loss(predicted[foreground], boxes[foreground], reduction="sum")

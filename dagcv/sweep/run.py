@@ -80,8 +80,8 @@ class SweepDir:
         last = _last_record(self.run_dir(pp) / "metrics.jsonl")
         if not last:
             return ""
-        if "epoch" in last:
-            return f"epoch {last['epoch']}"
+        if last.get("kind") == "epoch":
+            return f"epoch {last['epoch']} done, step {last.get('step', '?')}"
         return f"step {last.get('step', '?')}"
 
     def write_header(self, sweep: Sweep, planned: list[PlannedPoint]) -> None:
@@ -264,11 +264,17 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _last_record(path: Path) -> dict[str, Any] | None:
-    last = None
-    for record in _records(path):
-        if record.get("kind") != "step":
-            last = record
-    return last
+    """The last complete record of a metrics file, read from its tail (the live table polls it)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            return json.loads(line)
+    return None
 
 
 @contextlib.contextmanager
