@@ -215,7 +215,7 @@ def _run_block(built: BuiltGraph, name: str, values: dict, memo: dict, mode: str
         ), own=False)  # fmt: skip
     with torch.no_grad():
         try:
-            if structured or _is_small(module, args):
+            if (structured or _is_small(module, args)) and not _holds_meta_distribution(args):
                 out = module(*[_realize(a) for a in args])
             else:
                 try:
@@ -294,6 +294,17 @@ def _meta_call(module: Any, args: list[Any]) -> Any:
         return module(*args)
     state = {k: v.to("meta") for k, v in [*module.named_parameters(), *module.named_buffers()]}
     return torch.func.functional_call(module, state, tuple(args))
+
+
+def _holds_meta_distribution(args: list[Any]) -> bool:
+    """A distribution made on meta tensors upstream (a large policy) cannot be realised: its consumer runs on meta."""
+
+    def meta(value: Any) -> bool:
+        if isinstance(value, torch.distributions.Distribution):
+            return any(meta(v) for v in vars(value).values())
+        return isinstance(value, torch.Tensor) and value.is_meta
+
+    return any(isinstance(a, torch.distributions.Distribution) and meta(a) for a in args)
 
 
 def _map_tensors(value: Any, fn: Any) -> Any:

@@ -60,7 +60,7 @@ class NoArgs(_Args):
 WRAPPERS: dict[str, tuple[str, type[BaseModel], str]] = {
     "normalize_observation": ("env", NormalizeObservationArgs, "gymnasium.wrappers:NormalizeObservation"),
     "normalize_reward": ("env", NormalizeRewardArgs, "gymnasium.wrappers:NormalizeReward"),
-    "clip_action": ("env", NoArgs, "gymnasium.wrappers:ClipAction"),
+    "clip_action": ("env", NoArgs, "dagcv.env_wrappers:ClipAction"),  # Gymnasium's does not pickle
     "frame_stack": ("env", FrameStackArgs, "gymnasium.wrappers:FrameStackObservation"),
     "flatten_observation": ("env", NoArgs, "gymnasium.wrappers:FlattenObservation"),
 }

@@ -86,8 +86,10 @@ def play(run: Path, episodes: int = 10, seed: int = 10_000, video: Path | None =
         while not done:
             if video is not None and i == 0:
                 frames.append(_render(env))
-            obs, reward, terminated, truncated, _ = env.step(policy.action(obs))
+            obs, reward, terminated, truncated, info = env.step(policy.action(obs))
             total, steps, done = total + float(reward), steps + 1, terminated or truncated
+        if "episode" in info:  # the env's own return, recorded beneath normalize_reward and any other wrapper
+            total, steps = float(info["episode"]["r"]), int(info["episode"]["l"])
         env.close()
         returns.append(total)
         lengths.append(steps)

@@ -181,3 +181,48 @@ def test_a2c_and_reinforce_improve_on_a_short_run(tmp_path: Path, loop: str, ste
     result = train_spec(spec, Options(run_dir=tmp_path / loop, quiet=True))
     returns = [r["episodic_return"] for r in result.history if "episodic_return" in r]
     assert returns and max(returns[len(returns) // 2 :]) > 1.5 * returns[0], returns
+
+
+@pytest.mark.parametrize(("spec", "hidden"), [("ppo_pendulum", "[256, 256]"), ("ppo_cartpole", "[512, 512]")])
+def test_a_policy_large_enough_for_meta_shape_propagation_compiles(spec: str, hidden: str) -> None:
+    """A big policy's distribution is made on meta tensors at build time; its small consumers run on meta too."""
+    from dagcv.compiler import compile_spec
+
+    compiled = compile_spec(load_spec(ROOT / "specs" / f"{spec}.yaml", [f"blocks.policy.hidden={hidden}"]))
+    assert sum(p.numel() for p in compiled.module.policy.parameters()) > 1 << 16
+
+
+def test_envs_with_every_wrapper_pickle_and_clip_action_clips() -> None:
+    """Checkpoints keep the envs (and their normalisers' statistics) only if they pickle: Gymnasium's ClipAction
+    holds a lambda, dagcv's does not."""
+    import pickle
+
+    from dagcv.envs import make_vector_env
+
+    wrappers = [{"type": "clip_action"}, {"type": "normalize_observation"}, {"type": "normalize_reward"}]
+    envs = make_vector_env("Pendulum-v1", {}, wrappers, None, num_envs=2, seed=0)
+    envs.step(np.full((2, 1), 5.0, dtype=np.float32))
+    copy = pickle.loads(pickle.dumps(envs))
+    inner = copy.envs[0]
+    while not hasattr(inner, "low"):
+        inner = inner.env
+    assert inner.action(np.array([5.0], dtype=np.float32)) == 2.0 and copy.single_action_space.high[0] == np.inf
+
+
+def test_eval_reports_the_envs_own_return_under_reward_normalisation(tmp_path: Path) -> None:
+    """`dagcv eval` sums the env's rewards, not the normalised ones the wrapper hands the learner."""
+    from dagcv.train.rl_eval import TrainedPolicy, play
+
+    spec = load_spec(ROOT / "specs" / "ppo_pendulum.yaml", ["train.env_steps=4096", "train.threads=1"])
+    run = train_spec(spec, Options(quiet=True, run_dir=tmp_path / "run")).run_dir
+    played = play(run, episodes=1, seed=3)
+    import gymnasium as gym
+
+    policy = TrainedPolicy(run)
+    env = gym.make("Pendulum-v1")  # without the spec's wrappers: the env's own rewards (it clips torques itself)
+    obs, _ = env.reset(seed=3)
+    total, done = 0.0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(policy.action(obs))
+        total, done = total + float(reward), terminated or truncated
+    assert played["mean_return"] == pytest.approx(total, rel=1e-5) and played["mean_length"] == 200
