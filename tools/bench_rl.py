@@ -1,7 +1,8 @@
 """PPO on CartPole, side by side in one run: dagcv's ``ppo`` loop on ``specs/ppo_cartpole.yaml``, Stable-Baselines3's
 PPO and a hand-written single-file PPO (``tools/ppo_handwritten.py``), with RL-Zoo's CartPole settings (8 envs ×
 32 steps, batch 256, 20 epochs, γ 0.98, λ 0.8, learning rate 1e-3 and clip 0.2 annealed linearly, no entropy
-bonus), the same seeds, one thread. Then dagcv's PPO on Pendulum-v1 (continuous) for 200,000 steps.
+bonus, Adam's ε 1e-5: SB3's default), the same seeds, one thread. Then dagcv's PPO on Pendulum-v1 (continuous)
+for 200,000 steps.
 
     python tools/bench_rl.py [--seeds 0 1 2] [--plot bench_rl_cartpole.png] [--skip-pendulum]
 

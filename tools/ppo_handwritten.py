@@ -37,6 +37,7 @@ class Settings:
     gamma: float = 0.98
     gae_lambda: float = 0.8
     lr: float = 1e-3
+    adam_eps: float = 1e-5  # SB3's and CleanRL's, as in specs/ppo_cartpole.yaml
     clip: float = 0.2
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
@@ -65,7 +66,7 @@ def train(s: Settings, seed: int) -> dict:
     obs_dim, n_actions = envs.single_observation_space.shape[0], envs.single_action_space.n
     actor, critic = mlp([obs_dim, 64, 64, n_actions], 0.01), mlp([obs_dim, 64, 64, 1], 1.0)
     params = [*actor.parameters(), *critic.parameters()]
-    optimizer = torch.optim.Adam(params, lr=s.lr)
+    optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps)
     batch = s.num_envs * s.rollout_steps
     iterations = s.env_steps // batch
     obs = torch.as_tensor(envs.reset(seed=seed)[0], dtype=torch.float32)
