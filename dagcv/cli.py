@@ -570,11 +570,11 @@ _OUT = click.option(
 )
 
 
-def _plan_or_exit(target: Path, out: Path | None, workers: int | None, skip_invalid: bool):
+def _plan_or_exit(target: Path, out: Path | None, workers: int | None, skip_invalid: bool, pool=None):
     from dagcv.sweep.run import open_sweep, plan_sweep
 
     study, sdir = open_sweep(target, out)
-    planned = plan_sweep(study, sdir, workers=workers or study.cfg.executor.workers)
+    planned = plan_sweep(study, sdir, workers=workers or study.cfg.executor.workers, pool=pool)
     invalid = [pp for pp in planned if not pp.ok]
     if invalid and not skip_invalid:
         for pp in invalid:
@@ -662,31 +662,30 @@ def sweep_run(
     quiet: bool,
 ) -> None:
     """Check every point, then train those not finished; a re-run continues where the last one stopped."""
+    import contextlib
+
     from rich.live import Live
 
-    from dagcv.sweep.run import run_sweep
+    from dagcv.sweep.run import local_pool, open_sweep, run_sweep
 
-    study, sdir, planned = _plan_or_exit(sweep_file, out, workers, skip_invalid)
-    console = _console()
-    title = f"{study.name}: {sdir.root}"
+    study, sdir = open_sweep(sweep_file, out)
+    kind = executor or study.cfg.executor.type
+    settings = {"workers": workers, "threads": threads, "retry_failed": retry_failed, "executor": kind}
     try:
-        if quiet:
-            states = run_sweep(study, sdir, planned, workers=workers, threads=threads, retry_failed=retry_failed,
-                               executor=executor)  # fmt: skip
-        elif (executor or study.cfg.executor.type) == "ray":  # Ray Tune reports progress itself
-            states = run_sweep(study, sdir, planned, workers=workers, threads=threads, retry_failed=retry_failed,
-                               executor="ray")  # fmt: skip
-        else:
-            with Live(_points_table(study, sdir, planned, title), console=console, refresh_per_second=2) as live:
-                states = run_sweep(
-                    study,
-                    sdir,
-                    planned,
-                    workers=workers,
-                    threads=threads,
-                    retry_failed=retry_failed,
-                    on_update=lambda: live.update(_points_table(study, sdir, planned, title)),
-                )
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if kind == "local":  # started before the plan, which compiles in it: the driver never imports torch
+                pool = stack.enter_context(local_pool(workers or study.cfg.executor.workers,
+                                                      threads or study.cfg.executor.threads))  # fmt: skip
+            study, sdir, planned = _plan_or_exit(sweep_file, out, workers, skip_invalid, pool=pool)
+            title = f"{study.name}: {sdir.root}"
+            if quiet or kind == "ray":  # Ray Tune reports progress itself
+                states = run_sweep(study, sdir, planned, pool=pool, **settings)
+            else:
+                table = _points_table(study, sdir, planned, title)
+                with Live(table, console=_console(), refresh_per_second=2) as live:
+                    update = lambda: live.update(_points_table(study, sdir, planned, title))  # noqa: E731
+                    states = run_sweep(study, sdir, planned, pool=pool, on_update=update, **settings)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: `dagcv sweep resume {sdir.root}` continues from the last checkpoints", err=True)
         sys.exit(130)

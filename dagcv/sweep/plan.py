@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,11 @@ class PlannedPoint:
         return f"{safe[:150]}-{(self.hash or 'invalid')[:12]}"  # the hash keeps names unique, 150 keeps them legal
 
 
-def plan(sweep: Sweep, *, workers: int = 1, cache: Path | None = None) -> list[PlannedPoint]:
-    """Resolve, check and measure every point of ``sweep`` (see the module docstring)."""
+def plan(
+    sweep: Sweep, *, workers: int = 1, cache: Path | None = None, pool: Executor | None = None
+) -> list[PlannedPoint]:
+    """Resolve, check and measure every point of ``sweep`` (see the module docstring); the models compile in
+    ``pool`` when one is given (the workers that will train them), else in a pool of their own or in-process."""
     from dagcv.compiler import check_spec
 
     planned, models = [], {}
@@ -61,9 +64,11 @@ def plan(sweep: Sweep, *, workers: int = 1, cache: Path | None = None) -> list[P
     todo = [(key, pps[0].point) for key, pps in models.items() if key not in cached]
     if todo:
         args = [(str(sweep.path), point.labels, point.seed) for _, point in todo]
-        if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(min(workers, len(todo)), initializer=_one_thread) as pool:
-                results = list(pool.map(_measure_point, *zip(*args, strict=True)))
+        if pool is not None:
+            results = list(pool.map(_measure_point, *zip(*args, strict=True)))
+        elif workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(min(workers, len(todo)), initializer=_one_thread) as own:
+                results = list(own.map(_measure_point, *zip(*args, strict=True)))
         else:
             results = [_measure_point(*a) for a in args]
         cached.update({key: r for (key, _), r in zip(todo, results, strict=True)})

@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -104,9 +104,9 @@ def open_sweep(target: Path, out: Path | None = None) -> tuple[Sweep, SweepDir]:
     return sweep, SweepDir.for_sweep(sweep, out)
 
 
-def plan_sweep(sweep: Sweep, sdir: SweepDir, workers: int = 1) -> list[PlannedPoint]:
+def plan_sweep(sweep: Sweep, sdir: SweepDir, workers: int = 1, pool: Executor | None = None) -> list[PlannedPoint]:
     sdir.root.mkdir(parents=True, exist_ok=True)
-    planned = plan(sweep, workers=workers, cache=sdir.root / "plan_cache.json")
+    planned = plan(sweep, workers=workers, cache=sdir.root / "plan_cache.json", pool=pool)
     sdir.write_header(sweep, planned)
     return planned
 
@@ -125,10 +125,12 @@ def run_sweep(
     retry_failed: bool = False,
     executor: str | None = None,
     on_update: Any = None,
+    pool: Executor | None = None,
 ) -> dict[str, str]:
     """Train every valid point that is not finished; returns point name → final state.
 
     ``on_update()`` is called whenever something may have changed (for a live table of the local executor).
+    ``pool`` is a :func:`local_pool` already started (by the plan, say); without one, one is started here.
     """
     workers = workers or sweep.cfg.executor.workers
     threads = threads or sweep.cfg.executor.threads
@@ -146,10 +148,9 @@ def run_sweep(
         run_with_ray(sweep, sdir, todo, workers=workers, threads=threads, address=sweep.cfg.executor.address)
         return {pp.point.name: sdir.state(pp) for pp in planned}
     report = on_update or (lambda: None)
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(
-        min(workers, max(len(todo), 1)), mp_context=ctx, initializer=_worker_init, initargs=(threads,)
-    ) as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(local_pool(min(workers, max(len(todo), 1)), threads))
         running: dict[Future, PlannedPoint] = {}
         queue = list(todo)
         try:
@@ -170,6 +171,12 @@ def run_sweep(
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return {pp.point.name: sdir.state(pp) for pp in planned}
+
+
+def local_pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    """The local executor's workers: ``spawn`` processes that import torch once, use ``threads`` torch threads,
+    and die with the driver. The plan's compiles run in them too, so the driver never imports torch."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,))
 
 
 def _worker_init(threads: int) -> None:
