@@ -44,7 +44,7 @@ def run_dagcv(seed: int, spec: str = "ppo_cartpole", steps: int = BUDGET, target
     start = time.perf_counter()
     result = loop.run()
     elapsed = time.perf_counter() - start
-    curve = [(r["step"], r.get("episodic_return")) for r in result.history]
+    curve = [(r["step"], r.get("return_last20")) for r in result.history]
     reached = loop.step if result.stopped_early else None
     return {"steps_to_target": reached, "env_steps": loop.step, "sps": loop.step / elapsed, "curve": curve,
             "last20": loop.episodes.mean_return}  # fmt: skip

@@ -248,6 +248,8 @@ class PPOLoop:
         cfg = self.cfg
         record = {"kind": "rollout", "step": self.step, "iteration": self.iteration, **self.episodes.pop_recent(),
                   **stats}  # fmt: skip
+        if self.episodes.mean_return is not None:  # what stop_at_return compares: the last `window` episodes
+            record["return_last20"] = self.episodes.mean_return
         if self.iteration % cfg.log_every == 0 or self.iteration == self.iterations:
             self.ctx.log(record)
             progress.update(self.step, record)
