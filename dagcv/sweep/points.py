@@ -70,6 +70,7 @@ class Sweep:
     base_text: str
     base_data: dict
     base_smap: SourceMap
+    extended: dict[str, str] = field(default_factory=dict)  # the texts of the specs the base extends
     _labels: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -78,7 +79,7 @@ class Sweep:
 
     @property
     def sources(self) -> dict[str, str]:
-        return {str(self.path): self.text, str(self.base_path): self.base_text}
+        return {str(self.path): self.text, str(self.base_path): self.base_text, **self.extended}
 
     def labels(self, axis: str) -> list[str]:
         return self._labels[axis]
@@ -127,14 +128,14 @@ class Sweep:
                 for path, value in axis.variants[label].items():
                     out.append(self._edit(("axes", axis_name, "variants", label, path), path, value, None))
         if "train" in self.base_data:
-            out.append(self._edit(("seeds",), SEED_PATH, point.seed))
+            out.append(self._edit(("seeds", self.cfg.seeds.index(point.seed)), SEED_PATH, point.seed))
         return out
 
     def _edit(self, where: tuple, path: str, value: Any, axis: str | None = None) -> Edit:
         """An edit located in the sweep file: its path at ``at:`` (or at the key), its value where it is."""
         path_span = self.smap.values.get(("axes", axis, "at")) if axis else self.smap.keys.get(where)
         path_span = path_span or self.smap.value(*where) or Span(str(self.path), 1, 1)
-        if where == ("seeds",):
+        if where[0] == "seeds":  # train.seed is written by the `seeds:` key
             path_span = self.smap.key("seeds") or path_span
         n = len(where)
         positions = {p[n:]: s for p, s in self.smap.values.items() if p[:n] == where}
@@ -156,7 +157,7 @@ class Sweep:
             spec = spec_from_data(data, smap)
         except SpecError as exc:
             raise exc.with_sources(self.sources) from None
-        spec._overrides = {str(self.path): self.text}
+        spec._overrides = {str(self.path): self.text, **self.extended}
         return spec, content_hash(data)
 
 
@@ -208,7 +209,12 @@ def load_sweep(path: str | Path) -> Sweep:
             base_data, base_smap = load_dsl(base_text, str(base_path))
         else:
             base_data, base_smap = load_yaml(base_text, str(base_path))
-        sweep = Sweep(path, text, cfg, smap, base_path, base_text, base_data, base_smap)
+        bases: dict[str, str] = {}
+        if "extends" in base_data:  # a variant spec as the base: merged as load_spec merges it
+            from dagcv.spec.extends import resolve_extends
+
+            base_data, base_smap, bases = resolve_extends(base_data, base_smap)
+        sweep = Sweep(path, text, cfg, smap, base_path, base_text, base_data, base_smap, bases)
         _check_axes(sweep)
         return sweep
     except SpecError as exc:

@@ -216,3 +216,16 @@ def test_report_statistics_and_paired_differences(tmp_path: Path) -> None:
     assert cells["mean ± std"] == f"0.9400 ± {stats.tstd([0.95, 0.93]):.4f}" and cells["status"] == "2 done, 1 failed"
     text = markdown(sweep, sdir, planned)
     assert "`lr=0.01,seed=2`: **failed**: ValueError: boom" in text
+
+
+def test_a_variant_spec_can_be_the_base_and_seeds_point_at_their_own_values(tmp_path: Path) -> None:
+    base = ROOT / "specs" / "variants" / "retinanet_r34_shapes.yaml"
+    path = tmp_path / "s.yaml"
+    path.write_text(f"sweep: 1\nbase: {base}\naxes:\n  g: {{at: blocks.loss.focal_gamma, values: [0.0, 2.0]}}\n"
+                    "seeds: [3, 4]\nmetric: {name: val/map_50}\n")  # fmt: skip
+    sweep = load_sweep(path)
+    spec = sweep.spec(sweep.points()[-1])
+    assert spec.blocks["backbone"].type == "resnet34" and spec.blocks["loss"].params["focal_gamma"] == 2.0
+    assert spec.train["seed"] == 4 and spec.train["epochs"] == 10
+    seed = spec.source.value("train", "seed")
+    assert seed.file == str(path) and (seed.line, seed.col) == (5, 12)  # the 4 in `seeds: [3, 4]`
