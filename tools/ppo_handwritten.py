@@ -4,7 +4,9 @@ PPO loop against (same hyperparameters, same envs and seeds, one thread).
 It is written the way people write PPO by hand: two tanh MLPs (actor and critic) with orthogonal initialisation,
 rollouts from a vector env in SAME_STEP autoreset mode with truncated episodes bootstrapped from their final
 observation, GAE(λ), epochs of shuffled minibatches with per-minibatch advantage normalisation, the clipped
-surrogate, an MSE value loss, gradient-norm clipping, and learning rate and clip range annealed linearly to 0.
+surrogate, an MSE value loss, gradient-norm clipping, and learning rate and clip range annealed linearly to 0. Like
+CleanRL's ``ppo.py`` (and dagcv's loop and SB3) it computes the diagnostics people log: the losses, the approximate
+KL and the clip fraction of every minibatch, and the explained variance of every rollout.
 
     python tools/ppo_handwritten.py --seed 0 --env-steps 100000
 """
@@ -109,18 +111,28 @@ def train(s: Settings, seed: int) -> dict:
         f_obs, f_act, f_logp = b_obs.reshape(batch, -1), b_act.reshape(-1).long(), b_logp.reshape(-1)
         f_adv, f_ret = adv.reshape(-1), ret.reshape(-1)
         size = batch // s.minibatches
+        clipfracs = []
         for _ in range(s.update_epochs):
             order = torch.randperm(batch)
             for first in range(0, batch, size):
                 i = order[first : first + size]
                 a = (f_adv[i] - f_adv[i].mean()) / (f_adv[i].std() + 1e-8)
-                ratio = (Categorical(logits=actor(f_obs[i])).log_prob(f_act[i]) - f_logp[i]).exp()
+                log_ratio = Categorical(logits=actor(f_obs[i])).log_prob(f_act[i]) - f_logp[i]
+                ratio = log_ratio.exp()
                 pg = torch.max(-a * ratio, -a * ratio.clamp(1 - clip, 1 + clip)).mean()
                 v = ((critic(f_obs[i]).squeeze(-1) - f_ret[i]) ** 2).mean()
                 optimizer.zero_grad()
                 (pg + s.vf_coef * v).backward()
                 nn.utils.clip_grad_norm_(params, s.max_grad_norm)
                 optimizer.step()
+                with torch.no_grad():  # the diagnostics CleanRL logs
+                    approx_kl = float(((ratio - 1) - log_ratio).mean())
+                    clipfracs.append(float(((ratio - 1).abs() > clip).float().mean()))
+                    losses = (float(pg), float(v))
+        var = f_ret.var()
+        explained = float("nan") if var == 0 else float(1 - (f_ret - b_val.reshape(-1)).var() / var)
+        diagnostics = {"approx_kl": approx_kl, "clipfrac": float(np.mean(clipfracs)), "explained_variance": explained,
+                       "pg_loss": losses[0], "v_loss": losses[1]}  # fmt: skip
         mean = float(np.mean(recent)) if recent else None
         curve.append((step, mean))
         if s.target_return is not None and len(recent) == recent.maxlen and mean >= s.target_return:
@@ -128,7 +140,8 @@ def train(s: Settings, seed: int) -> dict:
             break
     envs.close()
     elapsed = time.perf_counter() - start
-    return {"steps_to_target": reached, "env_steps": step, "sps": step / elapsed, "curve": curve}
+    return {"steps_to_target": reached, "env_steps": step, "sps": step / elapsed, "curve": curve,
+            "diagnostics": diagnostics}  # fmt: skip
 
 
 def main() -> None:
