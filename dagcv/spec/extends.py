@@ -46,12 +46,16 @@ def resolve_extends(data: dict, smap: SourceMap, chain: tuple[Path, ...] = ()) -
     if not isinstance(target, str) or not target.strip():
         raise SpecError.at(span, "`extends` takes the path of a spec file", hint="extends: base.yaml")
     path = Path(smap.file).parent / target
-    if path.resolve() in chain:
-        cycle = " → ".join(p.name for p in (*chain, path.resolve()))
+    try:
+        resolved, is_file = path.resolve(), path.is_file()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name longer than the file system allows
+        raise SpecError.at(span, f"`extends` names no usable path: {exc}", hint="extends: base.yaml") from None
+    if resolved in chain:
+        cycle = " → ".join(p.name for p in (*chain, resolved))
         raise SpecError.at(span, f"`extends` makes a cycle: {cycle}", hint="a spec cannot extend itself")
     if len(chain) >= MAX_CHAIN:
         raise SpecError.at(span, f"more than {MAX_CHAIN} specs extend one another")
-    if not path.is_file():
+    if not is_file:
         raise SpecError.at(span, f"no such spec file: {path}", hint="`extends` is relative to the spec that names it")
     text = read_spec_file(path)
     base, base_smap = _load(text, str(path))

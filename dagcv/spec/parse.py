@@ -33,8 +33,8 @@ def read_spec_file(path: Path) -> str:
             raise SpecError.at(None, f"{what}: {path}")
         with path.open("rb") as f:
             raw = f.read(cap + 1)
-    except OSError as exc:
-        raise SpecError.at(None, f"cannot read {path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise SpecError.at(None, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if len(raw) > cap:
         raise SpecError.at(
             Span(str(path), 1, 1),

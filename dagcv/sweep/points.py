@@ -192,10 +192,14 @@ def load_sweep(path: str | Path) -> Sweep:
             cfg = SweepConfig.model_validate(data)
         except ValidationError as exc:
             raise SpecError(validation_diagnostics(exc, smap, SweepConfig, data=data)) from None
-        base_path = (path.parent / cfg.base).resolve()
+        try:
+            base_path = (path.parent / cfg.base).resolve()
+            is_file = base_path.is_file()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name longer than the file system allows
+            raise SpecError.at(smap.value("base"), f"`base` names no usable path: {exc}") from None
         with contextlib.suppress(ValueError):  # shown relative to where dagcv runs, when it is below it
             base_path = base_path.relative_to(Path.cwd())
-        if not base_path.is_file():
+        if not is_file:
             raise SpecError.at(
                 smap.value("base"), f"no such base spec: {base_path}", hint="`base:` is relative to the sweep file"
             )

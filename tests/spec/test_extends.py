@@ -84,6 +84,8 @@ def test_errors_point_at_the_file_that_wrote_the_value(tmp_path: Path) -> None:
         ("extends: missing.yaml\n", "no such spec file"),
         ("extends: base.yaml\nblocks:\n  nothing: {remove: true}\n", "'blocks.nothing' is not in the base spec"),
         ("extends: [base.yaml]\n", "`extends` takes the path of a spec file"),
+        ('extends: "a\\0b.yaml"\n', "`extends` names no usable path"),  # found by the fuzzer: a NUL byte
+        ("extends: " + "a" * 5000 + ".yaml\n", "`extends` names no usable path"),  # and a name too long
     ],
 )
 def test_bad_extends_is_a_positioned_error(tmp_path: Path, child: str, message: str) -> None:

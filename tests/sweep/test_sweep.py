@@ -89,6 +89,16 @@ def test_a_bad_sweep_is_an_error_at_its_line(tmp_path: Path, body: str, where: i
     assert message in d.message and (hint is None or hint in (d.hint or "")), info.value.format()
 
 
+@pytest.mark.parametrize("base", ['"a\\0b.yaml"', "a" * 5000])
+def test_a_base_that_is_no_usable_path_is_an_error_at_its_line(tmp_path: Path, base: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"sweep: 1\nbase: {base}\naxes: {{a: {{at: name, values: [x]}}}}\nmetric: {{name: m}}\n")
+    with pytest.raises(SpecError) as info:
+        load_sweep(path)
+    d = info.value.diagnostics[0]
+    assert "`base` names no usable path" in d.message and d.span.line == 2, info.value.format()
+
+
 def test_plan_names_an_invalid_point_with_its_error_and_trains_nothing(tmp_path: Path) -> None:
     body = (
         "axes:\n  head: {at: blocks.classifier, variants: {ok: {type: mlp_head, num_classes: 10},"
