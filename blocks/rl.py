@@ -15,15 +15,20 @@ through the spec's inputs, which the loop feeds.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Gt, Le
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from blocks.layers import linear_stack, require_inferred, run_stack
 from dagcv.envs import make_env, make_vector_env
-from dagcv.registry import PositiveFloat, Size, register_block
+from dagcv.registry import Size, register_block
+
+# PPO's clip ranges: positive, and at most 10 (past 1 the lower bound of the ratio no longer binds; 1e308 overflowed
+# the float32 clamp, found by the fuzzer).
+ClipRange = Annotated[float, Gt(0), Le(10)]
 
 
 @register_block(
@@ -270,7 +275,7 @@ class PPOClipObjective(nn.Module):
         -1.2
     """
 
-    def __init__(self, *, clip_coef: PositiveFloat = 0.2, anneal: bool = False) -> None:
+    def __init__(self, *, clip_coef: ClipRange = 0.2, anneal: bool = False) -> None:
         super().__init__()
         self.clip_coef, self.anneal = clip_coef, anneal
         self.progress_left = 1.0
@@ -333,7 +338,7 @@ class ValueLoss(nn.Module):
         2.5
     """
 
-    def __init__(self, *, clip_coef: PositiveFloat | None = None) -> None:
+    def __init__(self, *, clip_coef: ClipRange | None = None) -> None:
         super().__init__()
         self.clip_coef = clip_coef
 

@@ -264,6 +264,22 @@ def test_block_rules_and_bounds_are_checked_statically(write_spec) -> None:
     assert "dropout" in error.diagnostics[0].message
 
 
+@pytest.mark.parametrize(
+    ("spec", "override", "message"),
+    [  # each passed check and failed compile in the fuzzer's run of this session
+        ("ppo_cartpole", "blocks.pg_loss.clip_coef=1.0e+308", "less than or equal to 10"),
+        ("detr_tiny", "blocks.transformer.num_encoder_layers=0", "greater than 0"),
+    ],
+)
+def test_bounds_the_fuzzer_found_are_in_the_contracts(spec: str, override: str, message: str) -> None:
+    from dagcv.compiler import check_spec
+    from dagcv.spec import load_spec
+
+    with pytest.raises(SpecError) as info:
+        check_spec(load_spec(ROOT / "specs" / f"{spec}.yaml", [override]))
+    assert message in info.value.diagnostics[0].message, info.value.format()
+
+
 def test_weights_must_be_a_torch_checkpoint(write_spec, tmp_path: Path) -> None:
     base = "dagcv: 1\nname: n\ninputs:\n  image: Image[B, 3, 32, 32]\nblocks:\n"
     base += "  trunk: {{type: resnet18, in: image, weights: {}}}\n"

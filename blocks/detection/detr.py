@@ -24,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import MLP, box_convert, generalized_box_iou, generalized_box_iou_loss
 
-from dagcv.registry import Count, Fraction, Size, register_block
+from dagcv.registry import Fraction, Size, register_block
 
 
 def sine_position_encoding(height: int, width: int, dim: int, *, temperature: float = 10000.0) -> Tensor:
@@ -78,8 +78,8 @@ class DetrTransformer(nn.Module):
         in_channels: channels of the input feature map (inferred from ``C``).
         d_model: width of the tokens and queries (a multiple of 4 and of ``nhead``).
         nhead: attention heads per layer.
-        num_encoder_layers: encoder layers.
-        num_decoder_layers: decoder layers.
+        num_encoder_layers: encoder layers (at least 1: torch's ``TransformerEncoder`` reads its first layer).
+        num_decoder_layers: decoder layers (at least 1).
         dim_feedforward: hidden width of each layer's feed-forward block.
         dropout: dropout inside the transformer layers.
         num_queries: object queries: the most objects one image can yield.
@@ -97,8 +97,8 @@ class DetrTransformer(nn.Module):
         in_channels: Size,
         d_model: Size = 256,
         nhead: Size = 8,
-        num_encoder_layers: Count = 6,
-        num_decoder_layers: Count = 6,
+        num_encoder_layers: Size = 6,
+        num_decoder_layers: Size = 6,
         dim_feedforward: Size = 2048,
         dropout: Fraction = 0.1,
         num_queries: Size = 100,
