@@ -20,7 +20,7 @@ from collections import OrderedDict
 from typing import Annotated
 
 import torch
-from annotated_types import Le
+from annotated_types import Ge, Le
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -284,7 +284,7 @@ class FastRcnnPredictor(nn.Module):
 
     Args:
         in_channels: width of each RoI's representation (inferred from ``D``).
-        num_classes: classes including the background (class 0).
+        num_classes: classes including the background (class 0): at least 2, a detector needs one object class.
 
     Example:
         >>> out = FastRcnnPredictor(in_channels=8, num_classes=3)(torch.zeros(5, 8))
@@ -292,7 +292,7 @@ class FastRcnnPredictor(nn.Module):
         (torch.Size([5, 3]), torch.Size([5, 12]))
     """
 
-    def __init__(self, *, in_channels: Size, num_classes: Size) -> None:
+    def __init__(self, *, in_channels: Size, num_classes: Annotated[int, Ge(2)]) -> None:
         super().__init__()
         predictor = FastRCNNPredictor(in_channels, num_classes)
         self.cls_score, self.bbox_pred = predictor.cls_score, predictor.bbox_pred
