@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dagcv.errors import SpecError
-from dagcv.spec.overrides import REMOVE, WIRING_KEYS, forget_positions
+from dagcv.spec.overrides import REMOVE, forget_positions, kept_wiring
 from dagcv.spec.source import SourceMap
 
 MAX_CHAIN = 32  # files in one chain of extends
@@ -108,20 +108,16 @@ def _merge(base: Any, child: Any, path: tuple, out: SourceMap, smap: SourceMap) 
             if at in smap.keys:
                 out.keys[at] = smap.keys[at]
         return base
-    kept = {}
+    kept, kept_values, kept_keys = {}, {}, {}
     if isinstance(base, dict) and _swap(path, base, child):
-        kept = {k: base[k] for k in WIRING_KEYS if k in base and k not in child}
-    kept_positions = [
-        (table, q, s) for table in ("values", "keys") for q, s in getattr(out, table).items()
-        if any(q[: len(path) + 1] == (*path, k) for k in kept)
-    ]  # fmt: skip
+        kept, kept_values, kept_keys = kept_wiring(base, child, path, out)
     forget_positions(out, path)
     value = _take(child, path, out, smap)
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if not (k == "replace" and v is True)}
         value.update(kept)
-    for table, q, s in kept_positions:
-        getattr(out, table)[q] = s
+    out.values.update(kept_values)
+    out.keys.update(kept_keys)
     return value
 
 

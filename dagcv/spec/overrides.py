@@ -104,14 +104,10 @@ def apply_edit(data: dict, smap: SourceMap, edit: Edit) -> None:
             del parent[key]
             forget_positions(smap, here)
             return
-        value, kept = edit.value, {}
+        value, kept_values, kept_keys = edit.value, {}, {}
         if _is_block_swap(here, parent.get(key) if isinstance(parent, dict) else None, value):
-            kept = {k: parent[key][k] for k in WIRING_KEYS if k in parent[key] and k not in value}
+            kept, kept_values, kept_keys = kept_wiring(parent[key], value, here, smap)
             value = {**value, **kept}
-        # The kept wiring keeps its positions in the base file; everything else now comes from the edit.
-        kept_at = [(*here, k) for k in kept]
-        kept_values = {q: s for q, s in smap.values.items() if any(q[: len(k)] == k for k in kept_at)}
-        kept_keys = {q: s for q, s in smap.keys.items() if any(q[: len(k)] == k for k in kept_at)}
         parent[key] = value
         forget_positions(smap, here)
         smap.values.update({(*here, *q): s for q, s in edit.positions.items()})
@@ -119,6 +115,18 @@ def apply_edit(data: dict, smap: SourceMap, edit: Edit) -> None:
         smap.keys.setdefault(here, edit.path_span)
         smap.values.update(kept_values)
         smap.keys.update(kept_keys)
+
+
+def kept_wiring(old: dict, new: dict, path: tuple, smap: SourceMap) -> tuple[dict, dict, dict]:
+    """What a block swap at ``path`` keeps of the block it replaces: the wiring keys (``in:``, ``mode:``) the new
+    block does not give, and their value and key positions in ``smap`` (the file that wrote them)."""
+    kept = {k: old[k] for k in WIRING_KEYS if k in old and k not in new}
+    at = [(*path, k) for k in kept]
+
+    def under(q: tuple) -> bool:
+        return any(q[: len(k)] == k for k in at)
+
+    return kept, {q: s for q, s in smap.values.items() if under(q)}, {q: s for q, s in smap.keys.items() if under(q)}
 
 
 def _is_block_swap(path: tuple, old: Any, new: Any) -> bool:
