@@ -37,7 +37,7 @@ def resolve_extends(data: dict, smap: SourceMap, chain: tuple[Path, ...] = ()) -
 
     ``chain`` holds the resolved paths of the files that extend this one (to report cycles).
     """
-    from dagcv.spec.parse import read_spec_file
+    from dagcv.spec.parse import load_plain, read_spec_file
 
     target = data.pop("extends")
     span = smap.value("extends")
@@ -58,7 +58,7 @@ def resolve_extends(data: dict, smap: SourceMap, chain: tuple[Path, ...] = ()) -
     if not is_file:
         raise SpecError.at(span, f"no such spec file: {path}", hint="`extends` is relative to the spec that names it")
     text = read_spec_file(path)
-    base, base_smap = _load(text, str(path))
+    base, base_smap = load_plain(text, str(path))
     sources = {str(path): text}
     if not isinstance(base, dict):
         raise SpecError.at(base_smap.value(), "a spec must be a mapping at the top level").with_sources(sources)
@@ -70,16 +70,6 @@ def resolve_extends(data: dict, smap: SourceMap, chain: tuple[Path, ...] = ()) -
     except SpecError as exc:
         raise exc.with_sources(sources) from None
     return merged, merged_smap, sources
-
-
-def _load(text: str, file: str) -> tuple[Any, SourceMap]:
-    if file.endswith(".dagcv"):
-        from dagcv.spec.dsl import load_dsl
-
-        return load_dsl(text, file)
-    from dagcv.spec.yaml_loader import load_yaml
-
-    return load_yaml(text, file)
 
 
 def merge(base: dict, child: dict, base_smap: SourceMap, child_smap: SourceMap) -> tuple[dict, SourceMap]:

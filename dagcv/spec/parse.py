@@ -64,17 +64,8 @@ def parse_spec_text(text: str, file: str, overrides: list[str] | None = None) ->
     try:
         if len(text) > limits().file_mib * 2**20:
             raise SpecError.at(Span(file, 1, 1), f"spec is larger than {limits().file_mib:g} MiB")
-        if file.endswith(".dagcv"):
-            from dagcv.spec.dsl import load_dsl
-
-            data, smap = load_dsl(text, file)
-        else:
-            data, smap = load_yaml(text, file)
-        if isinstance(data, dict) and "extends" in data:
-            from dagcv.spec.extends import resolve_extends
-
-            data, smap, bases = resolve_extends(data, smap)
-            extra.update(bases)
+        data, smap, bases = plain_spec(text, file)
+        extra.update(bases)
         if overrides:
             from dagcv.spec.overrides import apply_overrides
 
@@ -89,6 +80,25 @@ def parse_spec_text(text: str, file: str, overrides: list[str] | None = None) ->
         exc.sources.setdefault(file, text)
         exc.sources.update(extra)
         raise
+
+
+def load_plain(text: str, file: str) -> tuple[Any, SourceMap]:
+    """Spec source as plain data and positions, in the syntax its file name says (``.dagcv``: the DSL)."""
+    if file.endswith(".dagcv"):
+        from dagcv.spec.dsl import load_dsl
+
+        return load_dsl(text, file)
+    return load_yaml(text, file)
+
+
+def plain_spec(text: str, file: str) -> tuple[Any, SourceMap, dict[str, str]]:
+    """:func:`load_plain` with ``extends:`` merged; also returns the texts of the specs it extends."""
+    data, smap = load_plain(text, file)
+    if isinstance(data, dict) and "extends" in data:
+        from dagcv.spec.extends import resolve_extends
+
+        return resolve_extends(data, smap)
+    return data, smap, {}
 
 
 def spec_from_data(data: Any, smap: SourceMap) -> Spec:

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from dagcv.errors import Diagnostic, Span, SpecError, did_you_mean
 from dagcv.spec.ir import Spec
 from dagcv.spec.overrides import Edit, apply_edit
-from dagcv.spec.parse import spec_from_data, validation_diagnostics
+from dagcv.spec.parse import plain_spec, read_spec_file, spec_from_data, validation_diagnostics
 from dagcv.spec.sanitize import sanitize
 from dagcv.spec.source import SourceMap
 from dagcv.spec.yaml_loader import load_yaml
@@ -177,8 +177,6 @@ def content_hash(data: Any) -> str:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file and its base spec; every problem is a positioned :class:`SpecError`."""
-    from dagcv.spec.parse import read_spec_file
-
     path = Path(path)
     if not path.is_file():
         raise SpecError.at(None, f"no such sweep file: {path}")
@@ -203,21 +201,13 @@ def load_sweep(path: str | Path) -> Sweep:
             raise SpecError.at(
                 smap.value("base"), f"no such base spec: {base_path}", hint="`base:` is relative to the sweep file"
             )
-        from dagcv.spec.parse import load_spec
-
-        load_spec(base_path)  # the base itself must be a valid spec file before anything is swept over it
-        base_text = base_path.read_text(encoding="utf-8")
-        if base_path.suffix == ".dagcv":
-            from dagcv.spec.dsl import load_dsl
-
-            base_data, base_smap = load_dsl(base_text, str(base_path))
-        else:
-            base_data, base_smap = load_yaml(base_text, str(base_path))
-        bases: dict[str, str] = {}
-        if "extends" in base_data:  # a variant spec as the base: merged as load_spec merges it
-            from dagcv.spec.extends import resolve_extends
-
-            base_data, base_smap, bases = resolve_extends(base_data, base_smap)
+        base_text = read_spec_file(base_path)
+        try:  # the base itself must be a valid spec before anything is swept over it
+            base_data, base_smap, bases = plain_spec(base_text, str(base_path))
+            spec_from_data(*sanitize(copy.deepcopy(base_data), copy.deepcopy(base_smap)))
+        except SpecError as exc:
+            exc.sources.setdefault(str(base_path), base_text)
+            raise
         sweep = Sweep(path, text, cfg, smap, base_path, base_text, base_data, base_smap, bases)
         _check_axes(sweep)
         return sweep
