@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -97,3 +98,23 @@ def checkpoint_problem(path: str) -> str | None:
     if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
         return f"{path} is a zip archive but not a torch checkpoint (no data.pkl in it)"
     return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (a run's ``metrics.jsonl``): none when it is missing, and without a last
+    line that a killed writer cut short.
+
+    >>> read_jsonl(Path("no-such-file.jsonl"))
+    []
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagcv.files import write_text_atomically
+from dagcv.files import read_jsonl, write_text_atomically
 from dagcv.sweep.plan import PlannedPoint
 from dagcv.sweep.points import Point, Sweep, _label
-from dagcv.sweep.run import SweepDir, _records
+from dagcv.sweep.run import SweepDir
 
 
 @dataclass
@@ -261,7 +261,7 @@ def draw_plots(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> lis
         plt.close(fig)
     curves = defaultdict(lambda: defaultdict(list))
     for pp in planned:
-        for record in _records(sdir.run_dir(pp) / "metrics.jsonl"):
+        for record in read_jsonl(sdir.run_dir(pp) / "metrics.jsonl"):
             if record.get("kind") != "step" and isinstance(record.get(metric), int | float):
                 x = record.get("epoch", record.get("step"))
                 curves[pp.point.config or "base"][x].append(record[metric])

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dagcv.errors import SpecError
-from dagcv.files import write_text_atomically
+from dagcv.files import read_jsonl, write_text_atomically
 from dagcv.sweep.plan import PlannedPoint, plan, write_plan
 from dagcv.sweep.points import Point, Sweep, load_sweep
 
@@ -253,21 +253,11 @@ def _summary(run: Path) -> dict[str, Any]:
     """Throughput over the run's logged steps (samples/s, or env steps/s for RL) and the records' count."""
     rates = [
         r.get("samples_per_s", r.get("sps"))
-        for r in _records(run / "metrics.jsonl")
+        for r in read_jsonl(run / "metrics.jsonl")
         if r.get("kind") in ("step", "rollout")
     ]
     rates = [r for r in rates if isinstance(r, int | float)]
     return {"samples_per_s": sum(rates) / len(rates) if rates else None}
-
-
-def _records(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            yield json.loads(line)
 
 
 def _last_record(path: Path) -> dict[str, Any] | None:

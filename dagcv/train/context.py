@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dagcv import __version__
-from dagcv.files import write_text_atomically
+from dagcv.files import read_jsonl, write_text_atomically
 from dagcv.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 SUMMARY = ("epoch", "rollout", "eval")  # record kinds that go into metrics.csv and --json output
@@ -298,18 +298,10 @@ class RunContext:
     def truncate_logs(self, step: int, clock: str = "step") -> None:
         """Drop log records written after the checkpoint (a killed run may have logged past it)."""
         path = self.run_dir / "metrics.jsonl"
-        kept: list[tuple[str, dict[str, Any]]] = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by the kill
-                if record[clock] <= step:
-                    kept.append((line, record))
+        kept = [record for record in read_jsonl(path) if record[clock] <= step]  # without a line cut by the kill
         if self.main and path.exists():
-            write_text_atomically(path, "".join(f"{line}\n" for line, _ in kept))
-        self.history = [record for _, record in kept if record["kind"] in SUMMARY]
+            write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))  # as log() wrote them
+        self.history = [record for record in kept if record["kind"] in SUMMARY]
 
     def finish(self) -> None:
         """Close TensorBoard and draw the plots (rank 0)."""

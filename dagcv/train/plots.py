@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from dagcv.files import read_jsonl
 
 
 def write_plots(run_dir: Path, title: str) -> list[Path]:
@@ -14,10 +15,9 @@ def write_plots(run_dir: Path, title: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    if not records:
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     steps = [r for r in records if r["kind"] in ("step", "rollout")]
     epochs = [r for r in records if r["kind"] == "epoch"]
     rollouts = [r for r in records if r["kind"] == "rollout"]
