@@ -107,9 +107,8 @@ def _partner(sweep: Sweep, point: Point, axes: dict[str, str]) -> Point:
     return Point(labels, point.seed)
 
 
-def tables(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> dict[str, list[Row]]:
+def tables(sweep: Sweep, data: dict[str, Any]) -> dict[str, list[Row]]:
     """``{"study": rows per configuration, "<axis>": rows per value of that axis}``."""
-    data = collect(sweep, sdir, planned)
     baseline = {a: _label(v) for a, v in (sweep.cfg.baseline or {}).items()}
     out: dict[str, list[Row]] = {}
     groupings = {"study": lambda p: p.config or "base"}
@@ -146,9 +145,9 @@ def tables(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> dict[st
     return out
 
 
-def failures(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> list[tuple[str, str, str]]:
+def failures(sweep: Sweep, data: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
-    for name, entry in collect(sweep, sdir, planned).items():
+    for name, entry in data.items():
         if entry["state"] in ("failed", "diverged", "invalid"):
             error = entry["pp"].error or entry["result"].get("error") or ""
             rows.append((name, entry["state"], error))
@@ -157,18 +156,18 @@ def failures(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> list[
     return rows
 
 
-def markdown(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> str:
+def markdown(sweep: Sweep, data: dict[str, Any]) -> str:
     m = sweep.cfg.metric
     lines = [
         f"# Study `{sweep.name}`",
         "",
-        f"Base spec `{sweep.base_path}`, {len(planned)} points ({len(sweep.cfg.seeds)} seeds each). "
+        f"Base spec `{sweep.base_path}`, {len(data)} points ({len(sweep.cfg.seeds)} seeds each). "
         f"Metric: `{m.name}` (final record; {'higher' if m.mode == 'max' else 'lower'} is better). "
         "Mean ± sample std over the points of a row, the 95% t-interval of the mean, and the mean paired "
         "difference to the baseline (same seed and other axes) with its 95% interval.",
         "",
     ]
-    for table, rows in tables(sweep, sdir, planned).items():
+    for table, rows in tables(sweep, data).items():
         if table != "study" and len(sweep.cfg.axes) == 1:
             continue  # one axis: its table is the whole study's
         lines += [f"## {'Whole study' if table == 'study' else f'Axis `{table}`'}", ""]
@@ -177,7 +176,7 @@ def markdown(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c[h] for h in header) + " |" for c in cells]
         lines.append("")
-    failed = failures(sweep, sdir, planned)
+    failed = failures(sweep, data)
     lines += ["## Failed, diverged and invalid points", ""]
     if not failed:
         lines += ["None.", ""]
@@ -187,7 +186,7 @@ def markdown(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def csv_text(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> str:
+def csv_text(sweep: Sweep, data: dict[str, Any]) -> str:
     """One line per point: labels, seed, state, metric, params, FLOPs, wall time, samples/s, error."""
     buf = io.StringIO()
     axes = list(sweep.cfg.axes)
@@ -206,7 +205,7 @@ def csv_text(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> str:
             "error",
         ]
     )
-    for entry in collect(sweep, sdir, planned).values():
+    for entry in data.values():
         pp, result = entry["pp"], entry["result"]
         writer.writerow(
             [
@@ -226,15 +225,17 @@ def csv_text(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> str:
 
 
 def write_report(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint], plots: bool = True) -> list[Path]:
+    """``report.md``, ``report.csv`` and the plots, from the points' results read once."""
+    data = collect(sweep, sdir, planned)
     written = [sdir.root / "report.md", sdir.root / "report.csv"]
-    write_text_atomically(written[0], markdown(sweep, sdir, planned))
-    write_text_atomically(written[1], csv_text(sweep, sdir, planned))
+    write_text_atomically(written[0], markdown(sweep, data))
+    write_text_atomically(written[1], csv_text(sweep, data))
     if plots:
-        written += draw_plots(sweep, sdir, planned)
+        written += draw_plots(sweep, sdir, data)
     return written
 
 
-def draw_plots(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> list[Path]:
+def draw_plots(sweep: Sweep, sdir: SweepDir, data: dict[str, Any]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,7 +244,7 @@ def draw_plots(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> lis
     folder = sdir.root / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     metric, out = sweep.cfg.metric.name, []
-    for table, rows in tables(sweep, sdir, planned).items():
+    for table, rows in tables(sweep, data).items():
         if table == "study" and len(sweep.cfg.axes) == 1:
             continue  # the one axis's plot says it all
         stats = [(r.name, *mean_std_ci(r.values)) for r in rows if r.values]
@@ -260,7 +261,7 @@ def draw_plots(sweep: Sweep, sdir: SweepDir, planned: list[PlannedPoint]) -> lis
         fig.savefig(out[-1], dpi=110)
         plt.close(fig)
     curves = defaultdict(lambda: defaultdict(list))
-    for pp in planned:
+    for pp in (entry["pp"] for entry in data.values()):
         for record in read_jsonl(sdir.run_dir(pp) / "metrics.jsonl"):
             if record.get("kind") != "step" and isinstance(record.get(metric), int | float):
                 x = record.get("epoch", record.get("step"))

@@ -200,7 +200,7 @@ def test_a_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tmp_path:
 
 def test_report_statistics_and_paired_differences(tmp_path: Path) -> None:
     from dagcv.sweep.plan import PlannedPoint
-    from dagcv.sweep.report import markdown, tables
+    from dagcv.sweep.report import collect, markdown, tables
     from dagcv.sweep.run import RESULT, SweepDir
 
     sweep = load_sweep(write_sweep(tmp_path, KILLABLE.replace("seeds: [0, 1]", "seeds: [0, 1, 2]")))
@@ -218,13 +218,14 @@ def test_report_statistics_and_paired_differences(tmp_path: Path) -> None:
             continue
         final = {"val/accuracy": values[(point.label("lr"), point.seed)]}
         (run / RESULT).write_text(json.dumps({"status": "done", "final": final, "wall_s": 1.0}))
-    rows = {r.name: r for r in tables(sweep, sdir, planned)["lr"]}
+    data = collect(sweep, sdir, planned)
+    rows = {r.name: r for r in tables(sweep, data)["lr"]}
     assert rows["0.002"].baseline and rows["0.01"].diffs == pytest.approx([0.05, 0.01])
     cells = rows["0.01"].cells()
     half = stats.t.ppf(0.975, 1) * stats.tstd([0.05, 0.01]) / 2**0.5
     assert cells["Δ baseline (95% CI)"] == f"+0.0300 [{0.03 - half:+.4f}, {0.03 + half:+.4f}]"
     assert cells["mean ± std"] == f"0.9400 ± {stats.tstd([0.95, 0.93]):.4f}" and cells["status"] == "2 done, 1 failed"
-    text = markdown(sweep, sdir, planned)
+    text = markdown(sweep, data)
     assert "`lr=0.01,seed=2`: **failed**: ValueError: boom" in text
 
 
