@@ -10,8 +10,7 @@ sweep directory by the model's content hash, so planning again only compiles wha
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,9 @@ def plan(
         if pool is not None:
             results = list(pool.map(_measure_point, *zip(*args, strict=True)))
         elif workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(min(workers, len(todo)), initializer=_one_thread) as own:
+            from dagcv.sweep.run import local_pool  # the executor's workers, one thread each
+
+            with local_pool(min(workers, len(todo)), threads=1) as own:
                 results = list(own.map(_measure_point, *zip(*args, strict=True)))
         else:
             results = [_measure_point(*a) for a in args]
@@ -96,13 +97,6 @@ def _read_cache(path: Path | None) -> dict[str, dict]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # a cache is only a cache: a broken one is rebuilt
-
-
-def _one_thread() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _measure_point(sweep_path: str, labels: tuple, seed: int) -> dict[str, Any]:
