@@ -69,6 +69,7 @@ class PPOLoop:
         self.update_program = self.model.program(*programs["update"])
         self.update_args = _placeholders(self.update_program)
         self.monitor = self.model.program(*programs["monitor"]) if "monitor" in programs else None
+        self.monitor_args = _placeholders(self.monitor) if self.monitor is not None else []
         losses = [name for name, kind in kinds.items() if kind == "Loss"]
         weights = cfg.losses or dict.fromkeys(losses, 1.0)
         self.weights = {name: w for name, w in weights.items() if w != 0.0}  # the rest only goes to the log
@@ -232,8 +233,7 @@ class PPOLoop:
         stats = {f"train/{name}": value / max(count, 1) for name, value in sums.items()}
         if self.monitor is not None:  # losses weighted 0, on the last minibatch: logged, never differentiated
             with torch.no_grad():
-                args = _placeholders(self.monitor)
-                out = self.monitor(**{name: value for name, value in batch.items() if name in args})
+                out = self.monitor(**{name: value for name, value in batch.items() if name in self.monitor_args})
             stats.update({f"train/{name}": float(value) for name, value in out.items()})
         stats.update(
             {"approx_kl": kls[-1] if kls else 0.0, "clipfrac": float(np.mean(clipfracs)) if clipfracs else 0.0}
