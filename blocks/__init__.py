@@ -6,15 +6,20 @@ imported, whatever the import order elsewhere. ``python -m dagcv.registry`` writ
 """
 
 from blocks import (  # noqa: F401
+    adversarial,
     backbones,
     data,
     detection,
+    gan,
     generative,
     heads,
     layers,
     losses,
     necks,
+    priors,
+    quantizers,
     rl,
     segmentation,
     shapes,
+    vae,
 )

@@ -485,3 +485,50 @@ class RolloutDataset(_DatasetBlock):
         return StepTensors(
             torch.from_numpy(observations.astype(np.float32)), torch.from_numpy(actions.astype(np.int64))
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Toy distributions for generative models
+
+
+@register_block(
+    "gaussian_mixture_2d",
+    family="data",
+    module=False,
+    outputs={"point": "Embedding[B, 2]", "label": "Labels[B]"},
+    requires={"modes >= 1": "a mixture has at least one mode", "std > 0": "each mode has a positive spread"},
+)
+class GaussianMixture2D(_DatasetBlock):
+    """Points from ``modes`` Gaussians evenly spaced on a circle: the classic 8-Gaussians test of GAN mode collapse.
+
+    Mode ``k`` is centred at ``radius·(cos 2πk/modes, sin 2πk/modes)`` with standard deviation ``std`` on each
+    axis (Metz et al. 2017 and Gulrajani et al. 2017 use 8 modes, radius 2, std 0.02); a point's label is its
+    mode. Drawn once from ``seed``.
+
+    Args:
+        size: number of points.
+        modes: number of Gaussians on the circle.
+        radius: the circle's radius.
+        std: standard deviation of each Gaussian.
+        seed: seed of the draw.
+
+    Example:
+        >>> data = GaussianMixture2D(size=4, modes=4, std=0.01).dataset()
+        >>> len(data), data[0][0].shape, [label for _, label in data]
+        (4, torch.Size([2]), [0, 3, 1, 0])
+    """
+
+    def __init__(self, *, size: Size = 10000, modes: Size = 8, radius: float = 2.0, std: float = 0.02,
+                 seed: int = 0) -> None:  # fmt: skip
+        self.size, self.modes, self.radius, self.std, self.seed = size, modes, radius, std, seed
+
+    def centres(self) -> Tensor:
+        """The ``modes × 2`` means."""
+        angles = torch.arange(self.modes, dtype=torch.float64) * (2 * math.pi / self.modes)
+        return (self.radius * torch.stack([angles.cos(), angles.sin()], 1)).float()
+
+    def dataset(self) -> StepTensors:
+        generator = torch.Generator().manual_seed(self.seed)
+        labels = torch.randint(0, self.modes, (self.size,), generator=generator)
+        points = self.centres()[labels] + self.std * torch.randn(self.size, 2, generator=generator)
+        return StepTensors(points, labels)

@@ -102,3 +102,29 @@ class MLP(nn.Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation}"
+
+
+@register_block("sigmoid", family="layer", inputs={"x": "Image[B, C, H, W]"}, outputs={"out": "Image[B, C, H, W]"})
+class Sigmoid(nn.Module):
+    """Logits to probabilities in ``[0, 1]``: a Bernoulli decoder's output as an image (``samples`` of a VAE).
+
+    Example:
+        >>> Sigmoid()(torch.zeros(1, 1, 1, 2))
+        tensor([[[[0.5000, 0.5000]]]])
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(x)
+
+
+@register_block("unit_range", family="layer", inputs={"x": "Image[B, C, H, W]"}, outputs={"out": "Image[B, C, H, W]"})
+class UnitRange(nn.Module):
+    """Map images from ``[-1, 1]`` (a tanh generator) to ``[0, 1]``: ``(x + 1) / 2``, clamped.
+
+    Example:
+        >>> UnitRange()(torch.tensor([[[[-1.0, 0.0, 1.0]]]]))
+        tensor([[[[0.0000, 0.5000, 1.0000]]]])
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(0, 1)

@@ -155,7 +155,7 @@ def propagate_shapes(built: BuiltGraph) -> None:
                     dims = data["shapes"].get(port.name)
                     if KINDS[port.parsed.kind].tensor and dims is not None:
                         values[(name, port.name)] = example_value(port.parsed.kind, [d.value for d in dims], "meta")
-            elif "eval" in MODES[data["mode"]]:
+            elif MODES[data["mode"]] & {"eval", "sample"}:
                 _run_block(built, name, values, memo, "eval")
             for port, value in _outputs_of(sg, name, values):
                 built.shapes[(name, port)] = describe(value)

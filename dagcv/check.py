@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import ast
 import math
+from typing import Any
 
 from dagcv import rules
 from dagcv.errors import Span
 from dagcv.files import checkpoint_problem
 from dagcv.graph import INPUT_PORT, SpecGraph, _inside
 from dagcv.limits import limits
-from dagcv.types import KINDS, Dim, ShapeError, bind_shape, evaluate, evaluate_dims, format_shape, is_subkind
+from dagcv.types import (
+    KINDS,
+    Dim,
+    DimPattern,
+    Mismatch,
+    ShapeError,
+    bind_shape,
+    evaluate,
+    evaluate_dims,
+    format_shape,
+    is_subkind,
+)
 
 DEFAULT_SIZES = {"B": 2}
 
@@ -115,6 +127,8 @@ def input_shapes(sg: SpecGraph) -> None:
             continue  # fmt: skip
         try:
             data["shapes"] = {INPUT_PORT: evaluate_dims(port_type.dims, env)}
+            if port_type.vocab is not None:
+                data["vocabs"] = {INPUT_PORT: evaluate(port_type.vocab.expr, env)}
             if any(d.value <= 0 for d in data["shapes"][INPUT_PORT]):
                 raise ShapeError("every dim must be positive")
         except ShapeError as exc:
@@ -146,9 +160,13 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
         if port.parsed.dims is None or shape is None:
             continue
         mismatch = bind_shape(port.parsed.dims, shape, env, lambda s: s in ints)
+        if mismatch is None:
+            mismatch = _bind_vocab(port.parsed.vocab, sg.node(u).get("vocabs", {}).get(d["src_port"]), env, ints)
         if mismatch is not None:
             _shape_error(sg, name, u, d, shape, port.type, mismatch.message)
             return
+    if data.get("shares"):
+        _sizes_of_owner(sg, data["shares"], contract, env)
     # Output shapes may use params; symbols bound by inputs take precedence; symbols still free (a source
     # block's batch B) take the spec's example sizes.
     env_all = {**_example_sizes(sg), **ints, **env}
@@ -203,10 +221,41 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
                 hint="change the input size (`sizes:`) or the block's parameters",
             )
             return  # fmt: skip
+    vocabs = {}
+    for port in contract.outputs:
+        pattern = out_types[port.name].vocab
+        if pattern is not None and shapes.get(port.name) is not None:
+            try:
+                vocabs[port.name] = evaluate(pattern.expr, env_all)
+            except ShapeError as exc:
+                sg.error(f"'{name}' ({contract.name}) cannot size the vocabulary of '{port.name}': {exc}",
+                         data["span"], node=name, port=port.name)  # fmt: skip
+                return
     data["inferred"] = inferred
     data["shapes"] = shapes
+    data["vocabs"] = vocabs
     values = {k: ([d.value for d in v] if isinstance(v, list) else v.value) for k, v in env.items()}
     check_rules(sg, name, {**values, **params, **{k: v for k, v in inferred.items() if v is not None}})
+
+
+def _sizes_of_owner(sg: SpecGraph, owner: str, contract: Any, env: dict[str, object]) -> None:
+    """A sharing node calls a module built for its owner's sizes: an argument its own inputs leave unbound (a
+    quantizer decoding codes has no latents to read ``D`` from) is the owner's."""
+    theirs = sg.node(owner).get("inferred", {})
+    for arg, expr in contract.infer.items():
+        if expr.isidentifier() and expr not in env and isinstance(theirs.get(arg), int):
+            env[expr] = Dim.symbol(expr, theirs[arg])
+
+
+def _bind_vocab(pattern: DimPattern | None, vocab: Dim | None, env: dict[str, object], ints: dict) -> Mismatch | None:
+    """Unify the vocabulary a port expects (``Codes[B, H, W] vocab V``) with the one its producer declares."""
+    if pattern is None or vocab is None:
+        return None  # codes from a dataset or a spec input without `vocab`: nothing to compare
+    mismatch = bind_shape([pattern], [vocab], env, lambda s: s in ints)
+    if mismatch is None:
+        return None
+    want = evaluate(pattern.expr, {**ints, **env})  # `vocab num_codes`: the block's own parameter
+    return Mismatch(None, f"codes over a vocabulary of {vocab.value}, expected vocab {pattern.expr}={want.value}")
 
 
 def check_rules(sg: SpecGraph, name: str, env: dict[str, object]) -> None:

@@ -279,6 +279,25 @@ def eval_cmd(
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("-n", "count", default=64, show_default=True, type=click.IntRange(1, 100_000), help="Samples to draw.")
+@click.option("--class", "label", type=int, help="Class of every sample (conditional models; default: cycle).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Priors over codes: logit scale.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise and of the sampler.")
+@click.option("-o", "--output", default=Path("samples.png"), show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="PNG to write (and .pt).")  # fmt: skip
+def sample(run: Path, count: int, label: int | None, temperature: float | None, seed: int, output: Path) -> None:
+    """Draw samples from RUN's last checkpoint: whatever its spec's `samples` output defines (a GAN's generator,
+    a VAE's decoder on prior noise, a prior over codes decoded by a frozen decoder)."""
+    from dagcv.train.sampling import sample_run
+
+    if not (run / "spec.resolved.yaml").exists():
+        raise click.UsageError(f"{run} is no run directory (no spec.resolved.yaml)")
+    result = sample_run(run, output, count, seed=seed, label=label, temperature=temperature)
+    click.echo(f"wrote {result['image']} and {result['tensors']}: {count} samples, seed {seed}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write episodes.npz into.")  # fmt: skip
 @click.option("--episodes", default=20, show_default=True, type=click.IntRange(1, 100_000))

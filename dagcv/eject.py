@@ -68,13 +68,14 @@ def eject(built: BuiltGraph, source_name: str | None = None) -> str:
             "",
             *_method("forward_eval", evaluate, ports, only_used=True),
         ]
-    for name, (outputs, mode) in loop_programs(sg).items():
-        out += ["", *_method(name, make_program(sg, mode, outputs), ports)]
+    for name, (outputs, mode, *given) in loop_programs(sg).items():
+        out += ["", *_method(name, make_program(sg, mode, outputs, *given), ports)]
     return "\n".join(out).rstrip() + "\n"
 
 
-def loop_programs(sg: SpecGraph) -> dict[str, tuple[list[str], str]]:
-    """The named programs of the spec's training loop (``act`` and ``update`` for PPO), if it has one."""
+def loop_programs(sg: SpecGraph) -> dict[str, tuple]:
+    """The named programs of the spec's training loop (``act`` and ``update`` for PPO), if it has one: name →
+    (outputs, mode) or (outputs, mode, given nodes)."""
     plan = getattr(sg, "training", None)
     cfg = plan.train if plan is not None else None
     if cfg is None:

@@ -21,7 +21,9 @@ from dagcv.spec.parse import validation_diagnostics
 from dagcv.types import KINDS, PortType, ShapeError, parse_port_type
 
 INPUT_PORT = "out"  # the one output port of a spec input
-MODES = {"train": {"train"}, "eval": {"eval"}, "both": {"train", "eval"}}
+# The programs a node runs in. `sample` nodes only run when a sampler draws from the model (`dagcv sample`): a VAE's
+# prior → decoder path, which neither training nor evaluation computes.
+MODES = {"train": {"train"}, "eval": {"eval"}, "both": {"train", "eval", "sample"}, "sample": {"sample"}}
 
 
 @dataclass
@@ -64,7 +66,13 @@ class SpecGraph:
     def order(self) -> list[str]:
         """Nodes in a deterministic topological order (spec order breaks ties)."""
         rank = {n: i for i, n in enumerate(self.g.nodes)}
-        return list(nx.lexicographical_topological_sort(self.g, key=lambda n: rank[n]))
+        # A node that shares another's module comes after its owner, which decides the module's sizes.
+        shared = [(d["shares"], n) for n, d in self.g.nodes(data=True) if d.get("shares") in self.g]
+        g = self.g
+        if shared:
+            g = nx.DiGraph(self.g)
+            g.add_edges_from(e for e in shared if not nx.has_path(self.g, e[1], e[0]))
+        return list(nx.lexicographical_topological_sort(g, key=lambda n: rank[n]))
 
     def out_type(self, node: str, port: str) -> PortType | None:
         data = self.g.nodes[node]
@@ -352,7 +360,9 @@ def _connect_single(sg: SpecGraph, ref: Ref, node: str, contract: Contract) -> N
         return
     if ref.port is not None or len(src_ports) == 1:
         required = [p for p in ports if not p.parsed.optional]
-        target = ports[0] if len(ports) == 1 else (required[0] if len(required) == 1 else None)
+        # One source feeds the only port, the only required one, or the first when every port is optional (a
+        # quantizer encodes `x` unless told to decode `codes`).
+        target = ports[0] if len(ports) == 1 or not required else (required[0] if len(required) == 1 else None)
         if target is None:
             sg.error(
                 f"'{node}' has several inputs ({', '.join(p.name for p in ports)}); say which is which",

@@ -91,19 +91,24 @@ def _static_input(sg: SpecGraph, name: str) -> bool:
     return port_type is not None and KINDS[port_type.kind].static
 
 
-def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None) -> Program:
+def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None, given: Sequence[str] = ()) -> Program:
     """The straight-line program of ``mode``: every node of that mode and every spec output, or, given
     ``outputs`` (spec output names), only those outputs and the nodes they depend on (a *named program*: a loop's
-    ``act`` computes the action distribution without the losses). Its inputs are then the ones it reads."""
+    ``act`` computes the action distribution without the losses). Its inputs are then the ones it reads.
+
+    ``given`` names nodes whose outputs the caller passes in instead (arguments ``<node>_<port>``): the program
+    is cut there (a spec output stands for its node). A GAN's critic step is given the generator's fake batch,
+    detached; a second stage is given the codes a frozen first stage computed once."""
     program = Program(mode)
     used: set[Value] = set()
     needed: set[Value] = set()  # values some required port reads; an input read only by optional ports may be None
-    wanted = None if outputs is None else _ancestors(sg, [sg.outputs[o][0] for o in outputs])
+    given = [sg.outputs[g][0] if g in sg.outputs else g for g in given]  # spec outputs name their nodes
+    wanted = None if outputs is None else _ancestors(sg, [sg.outputs[o][0] for o in outputs], set(given))
     for name in sg.order():
         data = sg.node(name)
         if data["kind"] != "block" or mode not in MODES[data["mode"]] or data["contract"].is_source:
             continue
-        if wanted is not None and name not in wanted:
+        if (wanted is not None and name not in wanted) or name in given:
             continue
         contract = data["contract"]
         wired = {d["dst_port"]: Value(u, d["src_port"]) for u, d in sg.in_edges(name)}
@@ -121,7 +126,9 @@ def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None)
             used.add(Value(node, port))
             needed.add(Value(node, port))
     optional = False
-    for name, value in runtime_inputs(sg):
+    cut = [(source_argument(v.node, v.port), v) for v in sorted(used, key=lambda v: (v.node, v.port))]
+    cut = [(name, v) for name, v in cut if v.node in given]
+    for name, value in [*cut, *runtime_inputs(sg)]:
         if outputs is not None and value not in used:
             continue  # a named program takes only what it reads
         optional = optional or value not in needed  # Python: no required argument after an optional one
@@ -129,14 +136,15 @@ def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None)
     return program
 
 
-def _ancestors(sg: SpecGraph, nodes: list[str]) -> set[str]:
-    """``nodes`` and every node they read from, directly or not."""
-    seen, todo = set(nodes), list(nodes)
+def _ancestors(sg: SpecGraph, nodes: list[str], stop: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
+    """``nodes`` and every node they read from, directly or not (not reading past the nodes in ``stop``)."""
+    seen, todo = set(nodes), [n for n in nodes if n not in stop]
     while todo:
         for u, _ in sg.in_edges(todo.pop()):
             if u not in seen:
                 seen.add(u)
-                todo.append(u)
+                if u not in stop:
+                    todo.append(u)
     return seen
 
 
@@ -189,7 +197,7 @@ class DagModule(nn.Module):
         # Plain attributes (not submodules): the GraphModules share our children, so state_dict lists each
         # parameter once and .to()/.train() reach them through us.
         self._graph_modules: dict[str, fx.GraphModule] = {}
-        self._programs: dict[tuple[tuple[str, ...], str], fx.GraphModule] = {}
+        self._programs: dict[tuple[tuple[str, ...], str, tuple[str, ...]], fx.GraphModule] = {}
         self._sg: SpecGraph | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -200,7 +208,7 @@ class DagModule(nn.Module):
         """The GraphModule of ``mode`` (default: the current one)."""
         return self._graph_modules[mode or ("train" if self.training else "eval")]
 
-    def program(self, outputs: Sequence[str], mode: str = "eval") -> fx.GraphModule:
+    def program(self, outputs: Sequence[str], mode: str = "eval", given: Sequence[str] = ()) -> fx.GraphModule:
         """The named program computing ``outputs`` (spec output names) from what they need, lowered once.
 
         All programs call this module's children, so they share parameters, optimizer state and state_dict keys::
@@ -208,13 +216,13 @@ class DagModule(nn.Module):
             act = model.program(["policy", "value"])          # observation → distribution, value
             update = model.program(["pg_loss", "v_loss"], "train")
         """
-        key = (tuple(outputs), mode)
+        key = (tuple(outputs), mode, tuple(given))
         if key not in self._programs:
             assert self._sg is not None, "a DagModule made by lower() knows its graph"
             unknown = [o for o in outputs if o not in self._sg.outputs]
             if unknown:
                 raise KeyError(f"no spec output {unknown[0]!r}; outputs: {', '.join(self._sg.outputs)}")
-            program = make_program(self._sg, mode, outputs)
+            program = make_program(self._sg, mode, outputs, given)
             self._programs[key] = to_fx(program, self, f"{class_name_for(self.spec_name)}Program")
         return self._programs[key]
 

@@ -44,9 +44,9 @@ from dagcv.types import PortType, parse_port_type
 
 FAMILIES = (
     "data", "env", "backbone", "neck", "head", "layer", "loss", "postprocess",
-    "policy", "critic", "encoder", "quantizer", "decoder", "prior", "generator", "discriminator",
+    "policy", "critic", "encoder", "quantizer", "decoder", "prior", "generator", "discriminator", "noise",
 )  # fmt: skip
-MODES = ("train", "eval", "both")
+MODES = ("train", "eval", "both", "sample")
 RESERVED_KEYS = ("type", "shares", "in", "mode")
 MANIFEST_NAME = "manifest.json"
 ENTRY_POINT_GROUP = "dagcv.blocks"
@@ -224,7 +224,7 @@ def register_block(
     inputs: dict[str, str] | None = None,
     outputs: dict[str, str],
     infer: dict[str, str] | None = None,
-    default_mode: Literal["train", "eval", "both"] = "both",
+    default_mode: Literal["train", "eval", "both", "sample"] = "both",
     module: bool = True,
     requires: dict[str, str] | None = None,
     checkpoints: tuple[str, ...] = (),

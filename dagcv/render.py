@@ -43,10 +43,11 @@ FAMILY_COLORS = {
     "head": "#fdd49e", "layer": "#f0f0f0", "loss": "#fbe0ef", "postprocess": "#dadaeb",
     "policy": "#b3de69", "critic": "#e5f5b0", "encoder": "#bcbddc", "quantizer": "#ffed6f",
     "decoder": "#8dd3c7", "prior": "#ffffb3", "generator": "#c2e699", "discriminator": "#fdb462",
+    "noise": "#e7e1ef",
 }  # fmt: skip
 UNKNOWN_FILL = "#ffffff"
-MODE_STYLES = {"both": "solid", "train": "dashed", "eval": "dotted"}
-MODE_NAMES = {"both": "train + eval", "train": "train only", "eval": "eval only"}
+MODE_STYLES = {"both": "solid", "train": "dashed", "eval": "dotted", "sample": "bold"}
+MODE_NAMES = {"both": "train + eval", "train": "train only", "eval": "eval only", "sample": "sampling only"}
 ERROR = "#d62728"
 MUTED = "#555555"
 FONT = "Helvetica"

@@ -31,7 +31,7 @@ def block_model(contract: Contract) -> type:
     fields: dict[str, Any] = {
         "type": (Literal[contract.name], Field(description=contract.doc)),
         "in_": (wires, Field(default=None, alias="in", description=_wiring_doc(contract))),
-        "mode": (Literal["train", "eval", "both"] | None,
+        "mode": (Literal["train", "eval", "both", "sample"] | None,
                  Field(default=None, description=f"when the node runs (default: {contract.default_mode})")),
     }  # fmt: skip
     base = params_model(contract)
@@ -49,7 +49,7 @@ class SharedBlock(BaseModel):
     model_config = ConfigDict(extra="forbid", title="shared block", populate_by_name=True)
     shares: Annotated[str, Field(pattern=IDENTIFIER, description="the node whose module (and weights) it calls")]
     in_: Source | dict[str, Source] | None = Field(default=None, alias="in", description="its own inputs")
-    mode: Literal["train", "eval", "both"] | None = None
+    mode: Literal["train", "eval", "both", "sample"] | None = None
 
 
 def _wiring_doc(contract: Contract) -> str:

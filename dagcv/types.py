@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,8 @@ KINDS: dict[str, Kind] = {
         Kind("Logits", "Tensor", doc="unnormalised class scores"),
         Kind("Embedding", "Tensor", doc="a vector per sample (B D)"),
         Kind("Labels", "Tensor", dtype="int64", doc="class indices"),
-        Kind("Codes", "Tensor", dtype="int64", doc="discrete code indices"),
+        Kind("Codes", "Tensor", dtype="int64", doc="discrete code indices; `vocab V` after the dims: how many codes"),
+        Kind("Noise", "Embedding", doc="random latent vectors drawn by a noise source (B Z)"),
         Kind("ImageSizes", "Tensor", dtype="int64", doc="each image's (height, width) before padding (B 2)"),
         Kind("Scalar", "Tensor", doc="a 0-d tensor"),
         Kind("Loss", "Scalar", doc="a differentiable scalar to minimise"),
@@ -308,12 +310,14 @@ class DimPattern:
 
 @dataclass(frozen=True)
 class PortType:
-    """A parsed port type: ``kind``, optional ``dims`` (``None`` = any shape), and whether it is optional."""
+    """A parsed port type: ``kind``, optional ``dims`` (``None`` = any shape), whether it is optional, and for
+    ``Codes`` the size of their vocabulary (``Codes[B, H, W] vocab V``), unified like a dim."""
 
     kind: str
     dims: tuple[DimPattern, ...] | None
     optional: bool = False
     text: str = ""
+    vocab: DimPattern | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -343,13 +347,24 @@ def parse_port_type(text: str) -> PortType:
         raise ShapeError(
             f"unknown kind '{kind}'" + (f"; {hint}" if hint else f"; kinds: {', '.join(KINDS)}"), lead, len(kind)
         )
+    vocab = None
+    match = _VOCAB.search(body)
+    if match is not None:
+        if kind not in VOCAB_KINDS:
+            raise ShapeError(f"'vocab' is for {', '.join(VOCAB_KINDS)}, not {kind}", lead + match.start() + 1)
+        (vocab,) = _parse_dims(match.group(1), lead + match.start(1))
+        body = body[: match.start()].rstrip()
     if name_end < 0:
-        return PortType(kind, None, optional, raw.strip())
+        return PortType(kind, None, optional, raw.strip(), vocab)
     if not body.endswith("]"):
         raise ShapeError(f"invalid port type '{raw}': missing ']'", lead + len(body))
     inner = body[name_end + 1 : -1]
     base = lead + name_end + 1
-    return PortType(kind, _parse_dims(inner, base), optional, raw.strip())
+    return PortType(kind, _parse_dims(inner, base), optional, raw.strip(), vocab)
+
+
+VOCAB_KINDS = ("Codes",)  # kinds whose values index a vocabulary that travels with the type
+_VOCAB = re.compile(r"\s+vocab\s+([^\s\[\],]+)\s*$")
 
 
 def _parse_dims(inner: str, base: int) -> tuple[DimPattern, ...]:

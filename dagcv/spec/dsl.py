@@ -41,7 +41,7 @@ WORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "inf": math
 RESERVED_PARAMS = {
     "type": "the block type comes after '=': `name = block_type(...)`",
     "in": "write the wiring after '<-': `name = block_type(...) <- source`",
-    "mode": "write the mode at the end of the statement: `... @train`, `@eval` or `@both`",
+    "mode": "write the mode at the end of the statement: `... @train`, `@eval`, `@both` or `@sample`",
     "shares": "write `name = &other <- source` to call another node's module again",
 }
 _KEYWORD_TYPES = {k: f"KW_{k.upper()}" for k in KEYWORDS}

@@ -26,8 +26,10 @@ class BlockDecl(BaseModel):
     type: str | None = None
     shares: str | None = Field(default=None, description="another node whose module (and weights) this node calls")
     inputs: Any = Field(default=None, alias="in", description="a source ('node' or 'node.port') or port → source")
-    mode: Literal["train", "eval", "both"] | None = Field(
-        default=None, description="train: only in model.train(); eval: only in model.eval(); both (the default)"
+    mode: Literal["train", "eval", "both", "sample"] | None = Field(
+        default=None,
+        description="train: only in model.train(); eval: only in model.eval(); both (the default); "
+        "sample: only when drawing samples (`dagcv sample`)",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="constructor arguments of the block")
 

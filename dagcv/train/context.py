@@ -303,6 +303,14 @@ class RunContext:
             write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))  # as log() wrote them
         self.history = [record for record in kept if record["kind"] in SUMMARY]
 
+    def save_images(self, name: str, images: torch.Tensor) -> None:
+        """Samples a generative loop draws as ``plots/<name>`` (rank 0): a grid of images in ``[0, 1]``, or a
+        scatter plot of 2-D points."""
+        if self.main:
+            from dagcv.train.sampling import save_samples
+
+            save_samples(images, self.run_dir / "plots" / name)
+
     def finish(self) -> None:
         """Close TensorBoard and draw the plots (rank 0)."""
         if self.tb is not None:

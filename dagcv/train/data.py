@@ -160,3 +160,40 @@ class SplitLoader:
     @property
     def num_samples(self) -> int:
         return len(self.sampler.order())
+
+
+def open_split(sg: SpecGraph, split: str, *, seed: int, rank: int = 0, world: int = 1, train: bool) -> SplitLoader:
+    """The loader of ``data.<split>`` for a loop; a dataset that cannot be read is a positioned spec error."""
+    from dagcv.errors import SpecError
+
+    plan = sg.training  # type: ignore[attr-defined]
+    cfg = plan.data[split]
+    try:
+        dataset = build_dataset(sg, cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SpecError.at(
+            sg.spec.source.value("data", split, "dataset"),
+            f"data.{split}: {exc}",
+            hint="dataset paths are relative to the working directory; nothing is downloaded (`download: false`)",
+        ) from None
+    return SplitLoader(dataset, cfg, plan.fields[split], seed=seed, rank=rank, world=world, train=train)
+
+
+class TensorLoader:
+    """Batches of tensors held in memory (a later stage's cached inputs), with :class:`SplitLoader`'s interface:
+    the same seeded permutation per epoch, so a resumed stage skips exactly the batches it already saw."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], *, batch_size: int, shuffle: bool, seed: int) -> None:
+        self.tensors, self.batch_size = tensors, batch_size
+        size = len(next(iter(tensors.values())))
+        self.sampler = EpochSampler(size, shuffle=shuffle, seed=seed)
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(self.sampler.order(), dtype=torch.int64)
+        for start in range(skip_batches * self.batch_size, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield {name: value[index] for name, value in self.tensors.items()}
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler.order()) // self.batch_size)

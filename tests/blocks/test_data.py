@@ -30,6 +30,7 @@ from blocks.data import (
     MNIST,
     Digits,
     FakeData,
+    GaussianMixture2D,
     IDXFormatError,
     ImageLabelTensors,
     MnistIDX,
@@ -159,6 +160,7 @@ def sample_cases(tmp: Path) -> dict[str, Callable[[], object]]:
         "cifar10": lambda: CIFAR10(root=str(tmp)),  # written by the fake_cifar fixture
         "digits": Digits,
         "fake_data": lambda: FakeData(size=5, channels=2, height=7, width=3, num_classes=4),
+        "gaussian_mixture_2d": lambda: GaussianMixture2D(size=6, modes=3, std=0.1),
         # Detection samples (image, targets) are checked in test_shapes.py, not by the classification collate.
         "shapes_coco": lambda: ShapesCoco(root=str(tmp / "shapes"), generate=2, height=16, width=16),
         "shapes_segmentation": lambda: ShapesSegmentation(root=str(tmp / "shapes"), generate=2, height=16, width=16),

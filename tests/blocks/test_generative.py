@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from blocks.generative import ConvDecoder, ConvEncoder, VectorQuantizer
+from blocks.generative import ConvDecoder, ConvEncoder
+from blocks.quantizers import VectorQuantizer
 
 
 def quantizer_and_input(beta: float = 0.25) -> tuple[VectorQuantizer, torch.Tensor]:

@@ -207,7 +207,7 @@ def test_chain_steps_are_wired_to_the_previous_step_token() -> None:
         ("f = lenet_features <- imag", "unknown node 'imag'", (23, 27)),
         ("features = lenet_features <- image\nhead = mlp_head(num_classes=10, hiden=3) <- features",
          "unknown parameter 'hiden'", (33, 38)),
-        ("features = lenet_features <- image @evl", "input should be 'train', 'eval' or 'both'", (37, 40)),
+        ("features = lenet_features <- image @evl", "input should be 'train', 'eval', 'both' or 'sample'", (37, 40)),
     ],
 )  # fmt: skip
 def test_later_stage_errors_point_at_the_dsl_token(text, message, position) -> None:

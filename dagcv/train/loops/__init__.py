@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagcv.train.config import RunConfig, SupervisedConfig
+from dagcv.train.gan_config import GanConfig
+from dagcv.train.multistage_config import MultistageConfig
 from dagcv.train.rl_config import A2CConfig, PPOConfig, ReinforceConfig
 
 ENTRY_POINT_GROUP = "dagcv.loops"
@@ -106,4 +108,15 @@ register_loop(LoopInfo(
     "env steps", "REINFORCE: Monte-Carlo returns of whole episodes, with an optional value baseline",
 ))  # fmt: skip
 
-PLANNED = ("gan", "multistage", "diffusion", "episodic")
+register_loop(LoopInfo(
+    "gan", GanConfig, "dagcv.train.loops.gan:GanLoop", "dagcv.train.gan_config:check_gan", "generator steps",
+    "adversarial training: n_critic critic steps on real and detached fake batches, then a generator step",
+))  # fmt: skip
+
+register_loop(LoopInfo(
+    "multistage", MultistageConfig, "dagcv.train.loops.multistage:MultistageLoop",
+    "dagcv.train.multistage_config:check_multistage", "steps per stage",
+    "stages in order, each on its own blocks; later stages read frozen, cached outputs of earlier ones",
+))  # fmt: skip
+
+PLANNED = ("diffusion", "episodic")

@@ -18,7 +18,7 @@ from dagcv.compiler import Compiled
 from dagcv.errors import SpecError
 from dagcv.train.config import SupervisedConfig
 from dagcv.train.context import EarlyStopping, RunContext, RunResult
-from dagcv.train.data import SplitLoader, batch_size, build_dataset, move_to
+from dagcv.train.data import SplitLoader, batch_size, move_to, open_split
 from dagcv.train.metrics import make_metric, results
 from dagcv.train.optim import GroupStepper, make_groups
 from dagcv.train.plan import TrainingPlan
@@ -70,25 +70,8 @@ class SupervisedLoop:
         return self.cfg.eval_split is not None and self.cfg.eval_split in self.plan.data
 
     def _loader(self, split: str, *, train: bool) -> SplitLoader:
-        cfg = self.plan.data[split]
-        try:
-            dataset = build_dataset(self.compiled.built.sg, cfg)
-        except (FileNotFoundError, ValueError) as exc:
-            span = self.compiled.built.sg.spec.source.value("data", split, "dataset")
-            raise SpecError.at(
-                span,
-                f"data.{split}: {exc}",
-                hint="dataset paths are relative to the working directory; nothing is downloaded (`download: false`)",
-            ) from None
-        return SplitLoader(
-            dataset,
-            cfg,
-            self.plan.fields[split],
-            seed=self.cfg.seed,
-            rank=self.ctx.dist.rank,
-            world=self.ctx.dist.world,
-            train=train,
-        )
+        sg, dist = self.compiled.built.sg, self.ctx.dist
+        return open_split(sg, split, seed=self.cfg.seed, rank=dist.rank, world=dist.world, train=train)
 
     # -- state ------------------------------------------------------------------------------------------------
 

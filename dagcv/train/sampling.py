@@ -1,0 +1,207 @@
+"""Drawing samples from whatever a spec's model defines: the program behind its ``samples`` output.
+
+A spec that can sample says so with an output named ``samples`` (images in ``[0, 1]``): a GAN's generator
+(through ``unit_range`` after its tanh), a VAE's decoder on prior noise (nodes tagged ``mode: sample``), a prior
+over codes decoded through the frozen quantizer and decoder. :func:`draw` runs that program in eval mode and
+feeds what it needs: every noise source draws ``n`` vectors from a generator seeded with ``seed``; a ``Labels``
+input takes the requested class (or cycles through the classes); a code grid of unknowns (-1) is given for
+priors that fill one. Anything else it would need is a clear error, not a guess.
+
+>>> # images = draw(compiled, 64, seed=0)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dagcv.errors import SpecError
+from dagcv.graph import SpecGraph
+from dagcv.lower import DagModule
+
+SAMPLES = "samples"
+
+
+class CannotSample(SpecError):
+    """The model defines no sampler, or its sampler needs something ``dagcv sample`` cannot give."""
+
+
+def sample_program(model: DagModule, sg: SpecGraph) -> Any:
+    """The program computing the ``samples`` output, or :class:`CannotSample` saying how to define one."""
+    if SAMPLES not in sg.outputs:
+        raise CannotSample.at(
+            sg.spec.source.key("outputs") if sg.spec.outputs else sg.spec.source.key(),
+            f"spec '{sg.spec.name}' defines no sampler: it has no output named '{SAMPLES}'",
+            hint="add `samples: <node>` to outputs: the generator (GAN), or a decoder fed by a noise source "
+            "in `mode: sample` (VAE); images in [0, 1]",
+        )
+    return model.program([SAMPLES], "sample")
+
+
+def class_count(sg: SpecGraph, label_input: str) -> int | None:
+    """How many classes the blocks reading ``label_input`` know (their ``num_classes``), if they say."""
+    counts = {sg.node(v).get("params", {}).get("num_classes") for v, _ in _consumers(sg, label_input)}
+    counts.discard(None)
+    return min(counts) if counts else None  # type: ignore[type-var]
+
+
+def _consumers(sg: SpecGraph, node: str) -> list[tuple[str, str]]:
+    return [(v, d["dst_port"]) for _, v, d in sg.g.out_edges(node, data=True)]
+
+
+def sampling_arguments(
+    program: Any,
+    sg: SpecGraph,
+    objects: dict[str, Any],
+    n: int,
+    *,
+    seed: int,
+    label: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """The arguments of the sample program for ``n`` samples (see the module docstring)."""
+    from dagcv.graph import source_argument
+
+    generator = torch.Generator().manual_seed(seed)
+    args: dict[str, torch.Tensor] = {}
+    wanted = [node.target for node in program.graph.nodes if node.op == "placeholder"]
+    sources = {
+        source_argument(name, "out"): obj for name, obj in objects.items() if callable(getattr(obj, "draw", None))
+    }
+    for arg in wanted:
+        if arg in sources:
+            args[arg] = sources[arg].draw(n, device, generator=generator)
+            continue
+        kind = sg.node(arg).get("type").kind if arg in sg.spec.inputs and sg.node(arg).get("type") else None
+        if kind == "Labels":
+            args[arg] = _labels(sg, arg, n, label).to(device)
+            continue
+        raise CannotSample.at(
+            sg.spec.source.key("inputs", arg) if arg in sg.spec.inputs else sg.spec.source.key("outputs", SAMPLES),
+            f"sampling '{sg.spec.name}' needs '{arg}', which `dagcv sample` cannot provide",
+            hint="a sampler reads noise sources and class labels only",
+        )
+    return args
+
+
+def _labels(sg: SpecGraph, arg: str, n: int, label: int | None) -> torch.Tensor:
+    classes = class_count(sg, arg)
+    if label is None:
+        if classes is None:
+            raise CannotSample.at(sg.spec.source.key("inputs", arg),
+                                  f"sampling needs a class for '{arg}'", hint="pass --class K")  # fmt: skip
+        return torch.arange(n) % classes
+    if label < 0 or (classes is not None and label >= classes):
+        upper = f"0–{classes - 1}" if classes is not None else "≥ 0"
+        raise CannotSample.at(sg.spec.source.key("inputs", arg),
+                              f"--class {label} is outside the label range {upper} of '{arg}'",
+                              hint=f"the model knows {classes} classes" if classes else None)  # fmt: skip
+    return torch.full((n,), label, dtype=torch.int64)
+
+
+@torch.no_grad()
+def draw(
+    compiled: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    label: int | None = None,
+    temperature: float | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """``n`` samples of the compiled model (weights as they are), in eval mode; the model's mode is restored."""
+    model, sg = compiled.module, compiled.built.sg
+    program = sample_program(model, sg)
+    args = sampling_arguments(program, sg, compiled.built.objects, n, seed=seed, label=label, device=device)
+    was_training = model.training
+    tempered = [m for m in model.modules() if hasattr(m, "temperature")]
+    saved = [m.temperature for m in tempered]
+    model.eval()
+    try:
+        if temperature is not None:
+            for m in tempered:
+                m.temperature = temperature
+        with torch.random.fork_rng(devices=[]):  # a training run's own random stream is left as it was
+            torch.manual_seed(seed)  # priors that sample inside their forward draw from the global RNG
+            out = program(**args)[SAMPLES]
+    finally:
+        model.train(was_training)
+        for m, t in zip(tempered, saved, strict=True):
+            m.temperature = t
+    return out
+
+
+def save_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None) -> None:
+    """A PNG grid of images in ``[0, 1]`` (values outside are clamped), written atomically."""
+    import math
+
+    from torchvision.utils import save_image
+
+    from dagcv.files import atomic_file
+
+    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
+    with atomic_file(path) as f:
+        save_image(images.detach().float().clamp(0, 1).cpu(), f, format="png", nrow=nrow, padding=2)
+
+
+def save_points(points: torch.Tensor, path: Path) -> None:
+    """A scatter plot of 2-D samples (a toy distribution), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dagcv.files import atomic_file
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    xy = points.detach().float().cpu().numpy()
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
+    ax.set_aspect("equal")
+    ax.set_title(f"{len(xy)} samples")
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def save_samples(samples: torch.Tensor, path: Path) -> None:
+    """Images as a grid, 2-D points as a scatter plot; anything else is an error."""
+    if samples.dim() == 4:
+        save_grid(samples, path)
+    elif samples.dim() == 2 and samples.shape[1] == 2:
+        save_points(samples, path)
+    else:
+        raise CannotSample.at(None, f"samples of shape {tuple(samples.shape)} are neither images nor 2-D points")
+
+
+def sample_run(
+    run: Path,
+    output: Path,
+    n: int,
+    *,
+    seed: int = 0,
+    label: int | None = None,
+    temperature: float | None = None,
+) -> dict[str, Any]:
+    """``dagcv sample RUN``: ``n`` samples of the run's last checkpoint as a PNG (a grid of images, or a
+    scatter plot of 2-D points) and the tensors beside it (``<output>.pt``)."""
+    from dagcv.compiler import compile_spec
+    from dagcv.files import atomic_file
+    from dagcv.spec import load_spec
+    from dagcv.train.checkpoint import load_checkpoint
+
+    spec = load_spec(run / "spec.resolved.yaml")
+    compiled = compile_spec(spec)
+    sample_program(compiled.module, compiled.built.sg)  # no sampler: say so before loading anything
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    compiled.module.load_state_dict(state["model"], strict=True)
+    if temperature is not None and not any(hasattr(m, "temperature") for m in compiled.module.modules()):
+        raise CannotSample.at(None, f"--temperature: nothing in '{spec.name}' samples with a temperature",
+                              hint="temperature scales the logits of a prior over codes")  # fmt: skip
+    images = draw(compiled, n, seed=seed, label=label, temperature=temperature)
+    save_samples(images, output)
+    tensors = output.with_suffix(".pt")
+    with atomic_file(tensors) as f:
+        torch.save({"samples": images.cpu(), "seed": seed, "label": label, "temperature": temperature}, f)
+    return {"image": str(output), "tensors": str(tensors), "shape": list(images.shape), "seed": seed}
