@@ -13,6 +13,7 @@ from blocks import (  # noqa: F401
     gan,
     generative,
     heads,
+    image_pairs,
     layers,
     losses,
     necks,

@@ -254,3 +254,43 @@ class TransformerPrior(nn.Module):
         tokens = torch.cat([self.start.expand(b, 1, -1), tokens], dim=1) + self.position
         out = self.transformer(tokens, mask=self.causal_mask, is_causal=True)
         return self.to_logits(self.norm(out)).transpose(1, 2).reshape(b, self.num_codes, h, w)
+
+
+@register_block(
+    "unknown_codes",
+    family="noise",
+    outputs={"out": "Codes[B, height, width] vocab num_codes"},
+    module=False,
+)
+class UnknownCodes:
+    """A grid of unknown codes (-1 everywhere) for a prior to fill: where sampling from a prior over codes starts.
+
+    A source, like a noise source: ``dagcv sample`` (and a loop's sample grid) draws ``n`` grids and feeds them
+    to a node that shares the trained prior, which fills every -1 in raster order. Its size and vocabulary are
+    those of the codes the prior was trained on, so check compares them with the prior's.
+
+    Args:
+        height: rows of the code grid.
+        width: columns of the code grid.
+        num_codes: the vocabulary of the codes to draw.
+
+    Example:
+        >>> UnknownCodes(height=2, width=3, num_codes=8).draw(1)
+        tensor([[[-1, -1, -1],
+                 [-1, -1, -1]]])
+    """
+
+    def __init__(self, *, height: Size, width: Size, num_codes: Size) -> None:
+        self.height, self.width, self.num_codes = height, width, num_codes
+
+    def draw(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+        return torch.full((n, self.height, self.width), -1, dtype=torch.int64, device=device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"UnknownCodes(height={self.height}, width={self.width}, num_codes={self.num_codes})"

@@ -318,7 +318,7 @@ class GumbelQuantizer(nn.Module):
         (torch.Size([2, 4, 3, 3]), torch.Size([2, 3, 3]), torch.Size([]))
         >>> for _ in range(3):
         ...     _ = gq(torch.randn(2, 4, 3, 3))
-        >>> int(gq.step), gq.temperature  # annealed after 4 training-mode forwards
+        >>> int(gq.step), gq.tau  # annealed after 4 training-mode forwards
         (4, 0.0625)
     """
 
@@ -339,7 +339,7 @@ class GumbelQuantizer(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     @property
-    def temperature(self) -> float:
+    def tau(self) -> float:
         """The temperature of the next training-mode forward."""
         done = 1.0 if self.anneal_steps == 0 else min(int(self.step), self.anneal_steps) / self.anneal_steps
         return self.tau_end + (self.tau_start - self.tau_end) * (1 + math.cos(math.pi * done)) / 2
@@ -352,7 +352,7 @@ class GumbelQuantizer(nn.Module):
         logits = self.to_logits(x)
         codes = logits.argmax(1)
         if self.training:
-            weights = self.relaxed_one_hot(logits, self.temperature)
+            weights = self.relaxed_one_hot(logits, self.tau)
             self.step += 1
             quantized = torch.einsum("bkhw,kd->bdhw", weights, self.codebook)
         else:

@@ -185,7 +185,7 @@ def _infer_block(sg: SpecGraph, name: str) -> None:
             sg.error(f"cannot infer '{arg}' of '{name}' ({contract.name}): {exc}", data["span"], node=name,
                      hint=f"connect the input that defines {expr}")  # fmt: skip
             return
-        given = params.get(arg)
+        given = params.get(arg) if not data.get("shares") else None  # a sharer: the owner reports its own
         if given is not None and given != value:
             span = sg.spec.source.value("blocks", name, arg)
             sg.error(f"'{name}.{arg}' is {given} but its input implies {arg}={value} ({expr})", span, node=name,
@@ -251,10 +251,12 @@ def _bind_vocab(pattern: DimPattern | None, vocab: Dim | None, env: dict[str, ob
     """Unify the vocabulary a port expects (``Codes[B, H, W] vocab V``) with the one its producer declares."""
     if pattern is None or vocab is None:
         return None  # codes from a dataset or a spec input without `vocab`: nothing to compare
-    mismatch = bind_shape([pattern], [vocab], env, lambda s: s in ints)
+    scope = {**ints, **env}  # `vocab num_codes`: compared with the block's own parameter
+    mismatch = bind_shape([pattern], [vocab], scope, lambda s: s in ints)
+    env.update({k: v for k, v in scope.items() if k not in ints})
     if mismatch is None:
         return None
-    want = evaluate(pattern.expr, {**ints, **env})  # `vocab num_codes`: the block's own parameter
+    want = evaluate(pattern.expr, scope)
     return Mismatch(None, f"codes over a vocabulary of {vocab.value}, expected vocab {pattern.expr}={want.value}")
 
 

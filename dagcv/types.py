@@ -52,7 +52,7 @@ KINDS: dict[str, Kind] = {
         Kind("Logits", "Tensor", doc="unnormalised class scores"),
         Kind("Embedding", "Tensor", doc="a vector per sample (B D)"),
         Kind("Labels", "Tensor", dtype="int64", doc="class indices"),
-        Kind("Codes", "Tensor", dtype="int64", doc="discrete code indices; `vocab V` after the dims: how many codes"),
+        Kind("Codes", "Labels", dtype="int64", doc="discrete code indices; `vocab V` after the dims: how many codes"),
         Kind("Noise", "Embedding", doc="random latent vectors drawn by a noise source (B Z)"),
         Kind("ImageSizes", "Tensor", dtype="int64", doc="each image's (height, width) before padding (B 2)"),
         Kind("Scalar", "Tensor", doc="a 0-d tensor"),

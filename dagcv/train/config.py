@@ -96,9 +96,11 @@ class MetricConfig(BaseModel):
     """A torchmetrics metric over an output and a spec input, computed on the evaluation split."""
 
     model_config = _STRICT
-    type: Literal["accuracy", "f1", "precision", "recall", "confusion_matrix", "mse", "mae", "map", "mean_iou", "dice"]
-    output: str = Field(description="a spec output, e.g. logits (Detections for map)")
-    target: str = Field(description="a spec input, e.g. label (Targets for map)")
+    type: Literal[
+        "accuracy", "f1", "precision", "recall", "confusion_matrix", "mse", "mae", "map", "mean_iou", "dice", "mean"
+    ]
+    output: str = Field(description="a spec output, e.g. logits (Detections for map; a Metric output for mean)")
+    target: str | None = Field(default=None, description="a spec input, e.g. label (Targets for map; mean: none)")
     iou_type: Literal["bbox", "segm"] = Field(default="bbox", description="map: boxes or instance masks")
     top_k: int = Field(default=1, gt=0)
     average: Literal["micro", "macro", "weighted"] | None = Field(
@@ -106,10 +108,19 @@ class MetricConfig(BaseModel):
     )
     name: str | None = Field(default=None, description="the logged name (default: the type, with top_k)")
 
+    @model_validator(mode="after")
+    def _target(self) -> MetricConfig:
+        if (self.target is None) != (self.type == "mean"):
+            raise ValueError("'mean' averages an output on its own (no target)" if self.target is not None
+                             else f"{self.type} compares an output with a 'target' input")  # fmt: skip
+        return self
+
     @property
     def key(self) -> str:
         if self.name:
             return self.name
+        if self.type == "mean":
+            return self.output
         return f"{self.type}_top{self.top_k}" if self.top_k > 1 else self.type
 
     @property

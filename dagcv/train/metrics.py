@@ -21,6 +21,8 @@ def make_metric(cfg: MetricConfig, sg: SpecGraph) -> Any:
     dims = sg.node(node)["shapes"].get(port) or []
     if cfg.type == "map":
         return detection_map(cfg.iou_type)
+    if cfg.type == "mean":
+        return torchmetrics.MeanMetric()
     if cfg.type in ("mean_iou", "dice"):
         return segmentation_metric(cfg.type, dims[1].value)
     num_classes = dims[-1].value if len(dims) >= 2 else None

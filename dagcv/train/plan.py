@@ -261,7 +261,12 @@ def check_supervised(sg: SpecGraph, cfg: SupervisedConfig, splits: dict | None) 
                 smap.value("train", "metrics", i, "output"),
                 hint=did_you_mean(m.output, sg.outputs),
             )
-        if m.target not in sg.spec.inputs:
+        if m.target is None:
+            if m.output in sg.outputs and _kind(sg, *sg.outputs[m.output]) != "Metric":
+                sg.error(f"train.metrics: mean averages a Metric output, but '{m.output}' is "
+                         f"{_kind(sg, *sg.outputs[m.output])}", smap.value("train", "metrics", i, "output"),
+                         hint="an evaluation block (importance_weighted_nll) outputs a Metric")  # fmt: skip
+        elif m.target not in sg.spec.inputs:
             sg.error(
                 f"train.metrics: unknown input '{m.target}'",
                 smap.value("train", "metrics", i, "target"),

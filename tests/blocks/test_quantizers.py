@@ -261,7 +261,7 @@ def test_temperature_follows_the_cosine_schedule_and_survives_a_state_dict_round
     gq, x = make_gumbel(tau_start=1.0, tau_end=0.0625, anneal_steps=10).train(), latents()
     seen = []
     for _ in range(12):
-        seen.append(gq.temperature)
+        seen.append(gq.tau)
         gq(x)
     want = [0.0625 + 0.9375 * (1 + math.cos(math.pi * min(t, 10) / 10)) / 2 for t in range(12)]
     assert seen == pytest.approx(want, abs=1e-12)
@@ -269,11 +269,11 @@ def test_temperature_follows_the_cosine_schedule_and_survives_a_state_dict_round
     resumed = make_gumbel(tau_start=1.0, tau_end=0.0625, anneal_steps=10)
     gq.step.fill_(4)
     resumed.load_state_dict(gq.state_dict())
-    assert int(resumed.step) == 4 and resumed.temperature == gq.temperature == pytest.approx(want[4])
+    assert int(resumed.step) == 4 and resumed.tau == gq.tau == pytest.approx(want[4])
 
 
 def test_zero_anneal_steps_starts_at_tau_end() -> None:
-    assert make_gumbel(anneal_steps=0, tau_end=0.25).temperature == 0.25
+    assert make_gumbel(anneal_steps=0, tau_end=0.25).tau == 0.25
 
 
 # ---------------------------------------------------------------------------------------------------------------

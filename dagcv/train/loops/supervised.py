@@ -184,6 +184,9 @@ class SupervisedLoop:
             batch = move_to(batch, self.device)
             out = self.net(**batch)
             for cfg in self.cfg.metrics:
-                self.metrics[cfg.key].update(out[cfg.output], batch[cfg.target])
+                if cfg.target is None:  # the mean of a Metric output over the split's samples
+                    self.metrics[cfg.key].update(out[cfg.output], weight=batch_size(batch))
+                else:
+                    self.metrics[cfg.key].update(out[cfg.output], batch[cfg.target])
         self.net.train()
         return {name: v for k, m in self.metrics.items() for name, v in results(k, m.compute()).items()}

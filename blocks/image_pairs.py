@@ -1,0 +1,1 @@
+"""Paired and unpaired image datasets for image-to-image translation (Pix2Pix, CycleGAN)."""
