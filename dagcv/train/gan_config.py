@@ -162,7 +162,7 @@ def check_gan(sg: Any, cfg: GanConfig, splits: dict | None) -> None:
     if len(sg.diagnostics) > reported:
         return  # the names above are wrong: the graph checks below would only repeat it
     _check_coverage(sg, owner, WEIGHTED_FAMILIES)
-    _check_shared_critic(sg, cfg, fake_nodes)
+    _check_shared_critic(sg, cfg, fake_nodes, reported)
     _check_objectives(sg, cfg)
 
 
@@ -174,7 +174,9 @@ def _check_coverage(sg: Any, owner: dict[str, str], weighted: frozenset) -> None
         contract = data.get("contract")
         if contract is None or not contract.module or contract.family not in weighted or data.get("shares"):
             continue
-        same = [b for b in owner if sg.node(b)["contract"].name == contract.name]
+        same = sorted(
+            (b for b in owner if sg.node(b)["contract"].name == contract.name), key=lambda b: owner[b] != "critic"
+        )
         if name in owner or not same:
             continue
         sg.error(
@@ -185,7 +187,7 @@ def _check_coverage(sg: Any, owner: dict[str, str], weighted: frozenset) -> None
         )
 
 
-def _check_shared_critic(sg: Any, cfg: GanConfig, fake_nodes: set[str]) -> None:
+def _check_shared_critic(sg: Any, cfg: GanConfig, fake_nodes: set[str], reported: int) -> None:
     """Each critic module scores real data and fakes: one module, called through ``shares:`` on both."""
     fake_side = _descendants(sg, fake_nodes)
     for critic in cfg.critic.blocks:
@@ -201,6 +203,8 @@ def _check_shared_critic(sg: Any, cfg: GanConfig, fake_nodes: set[str]) -> None:
             node=critic,
             hint=f"add a node `{{shares: {critic}, in: <{other}>}}` and feed its scores to the critic loss",
         )
+    if len(sg.diagnostics) > reported:
+        return  # a critic that is not shared is the cause; that its scores do not reach the generator follows
     needed = _ancestors(sg, {sg.outputs[loss][0] for loss in cfg.generator.losses})
     if not needed & (set(cfg.critic.blocks) | _sharers(sg, cfg)):
         sg.error("train.generator.losses: no generator loss reads the critic's scores",

@@ -66,6 +66,7 @@ class MultistageConfig(RunConfig):
     stages: list[StageConfig] = Field(min_length=1)
     train_split: str = "train"
     log_every: int = Field(default=50, gt=0, description="steps between logged training losses")
+    checkpoint_every: int | None = Field(default=None, gt=0, description="steps between checkpoints (default: epoch)")
     samples: int = Field(default=64, ge=0, description="images in the grid drawn after every epoch of the last stage")
 
     PROGRAMS: ClassVar[tuple[str, ...]] = ()

@@ -204,6 +204,8 @@ class MultistageLoop:
                 progress.update(self.stage_step, record)
                 self.last = {k: v for k, v in record.items() if k.startswith("train/")}
                 sums, count, tick = {}, 0, now
+            if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.save()
         else:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
