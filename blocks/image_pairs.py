@@ -157,7 +157,9 @@ class UnpairedTensors(Dataset[tuple[Tensor, Tensor]]):
 
     def __init__(self, a: Tensor, b: Tensor) -> None:
         if a.shape != b.shape or a.dtype != torch.uint8:
-            raise ValueError(f"expected two uint8 stacks of one shape, got {a.dtype} {tuple(a.shape)}, {tuple(b.shape)}")
+            raise ValueError(
+                f"expected two uint8 stacks of one shape, got {a.dtype} {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         self.a, self.b = a, b
 
     def __len__(self) -> int:

@@ -189,20 +189,20 @@ class GanLoop:
                     progress.update(self.step, record)
                     self.last = {k: v for k, v in record.items() if k.startswith("train/")}
                     sums, count, tick, seen = {}, 0, now, 0
-                if epoch_ended or self.step == self.total_steps:
-                    self._end_epoch(progress)
+                if epoch_ended is not None or self.step == self.total_steps:
+                    self._end_epoch(progress, epoch_ended)
                 elif self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                     self.save()
         return RunResult(self.ctx.run_dir, self.ctx.history, False, self.ctx.main)
 
-    def train_step(self) -> tuple[dict[str, float], int, bool]:
-        """One generator step after ``n_critic`` critic steps; returns the losses, real samples seen, and whether
-        an epoch of real data ended during it."""
+    def train_step(self) -> tuple[dict[str, float], int, int | None]:
+        """One generator step after ``n_critic`` critic steps; returns the losses, real samples seen, and the
+        number of the epoch of real data that ended during it (None if none did)."""
         logs: dict[str, float] = {}
-        seen, ended = 0, False
+        seen, ended = 0, None
         for _ in range(self.cfg.n_critic):
             batch, epoch_ended = self._next_batch()
-            ended = ended or epoch_ended
+            ended = self.epoch if epoch_ended else ended
             n = batch_size(batch)
             seen += n
             with torch.no_grad():
@@ -224,8 +224,9 @@ class GanLoop:
         self.step += 1
         return logs, seen, ended
 
-    def _end_epoch(self, progress: Any) -> None:
-        epoch = self.epoch if self.batch_in_epoch == 0 else round(self.epoch + self.batch_in_epoch / self.per_epoch, 3)
+    def _end_epoch(self, progress: Any, ended: int | None) -> None:
+        """Log a summary, draw a sample grid and checkpoint, after epoch ``ended`` (or at the end of the budget)."""
+        epoch = ended if ended is not None else round(self.epoch + self.batch_in_epoch / self.per_epoch, 3)
         record: dict[str, Any] = {"kind": "epoch", "step": self.step, "epoch": epoch, **getattr(self, "last", {})}
         self.ctx.log(record)
         progress.epoch_line(record, math.ceil(self.total_steps * self.cfg.n_critic / self.per_epoch))
