@@ -59,7 +59,9 @@ images: setup
 	$(VENV)/bin/dagcv render specs/vqvae_mnist.yaml -o docs/img/vqvae_mnist.svg
 	$(VENV)/bin/dagcv render specs/resnet18_classifier.yaml --depth 1 -o docs/img/resnet18_classifier_depth1.svg
 	$(VENV)/bin/dagcv render specs/retinanet_r50_fpn.yaml -o docs/img/retinanet_r50_fpn.svg
-	for s in ppo_cartpole ppo_pendulum a2c_cartpole reinforce_cartpole bc_cartpole; do \
+	for s in ppo_cartpole ppo_pendulum a2c_cartpole reinforce_cartpole bc_cartpole \
+	  wgan_gp_8gaussians dcgan_mnist wgan_gp_mnist cgan_mnist pix2pix_edges2digits cyclegan_digits \
+	  vae_mnist vqvae_prior_mnist dvae_mnist; do \
 	  $(VENV)/bin/dagcv render specs/$$s.yaml -o docs/img/$$s.svg || exit 1; done
 
 bench: setup

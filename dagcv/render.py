@@ -507,6 +507,8 @@ class _Drawing:
         port_type = self.sg.out_type(u, d["src_port"])
         dims = self.sg.node(u).get("shapes", {}).get(d["src_port"])
         label, example = shape_label(port_type.kind if port_type else None, dims)
+        vocab = self.sg.node(u).get("vocabs", {}).get(d["src_port"])
+        label += f" vocab {vocab.value}" if vocab is not None and label else ""
         diags = self.pins.edges.get((u, v, key), [])
         where = f"{u}.{d['src_port']} → {v}.{d['dst_port']}"
         tip = f"{where}\n{port_type.kind if port_type else '?'} {label}" + (f" = {example}" if example else "")
@@ -567,7 +569,10 @@ class _Drawing:
         dims = self.sg.node(node).get("shapes", {}).get(port)
         if port_type is None:
             return "?"
-        return f"{port_type.kind}[{', '.join(d.text for d in dims)}]" if dims is not None else port_type.text
+        if dims is None:
+            return port_type.text
+        vocab = self.sg.node(node).get("vocabs", {}).get(port)
+        return f"{port_type.kind}[{', '.join(d.text for d in dims)}]" + (f" vocab {vocab.value}" if vocab else "")
 
     def _error_note(self) -> None:
         if not self.pins.loose:
