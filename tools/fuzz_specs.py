@@ -103,8 +103,11 @@ class Mutant:
 
 
 def shipped_specs() -> list[Path]:
-    """Every shipped spec, the variants that extend another (``specs/variants/``) included."""
-    return sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("specs/*.dagcv"), *ROOT.glob("specs/variants/*")])
+    """Every shipped spec, the variants that extend another (``specs/variants/``) included; with ``--only`` (the
+    environment's ``DAGCV_FUZZ_ONLY``, which the workers inherit) the specs of those names."""
+    specs = sorted([*ROOT.glob("specs/*.yaml"), *ROOT.glob("specs/*.dagcv"), *ROOT.glob("specs/variants/*")])
+    only = os.environ.get("DAGCV_FUZZ_ONLY", "").split()
+    return [p for p in specs if p.stem in only] if only else specs
 
 
 _PARSED: dict[Path, Any] = {}
@@ -735,8 +738,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, help="write every mutant with a problem here, with its report")
     parser.add_argument("--json", type=Path, help="write every result as JSON lines")
     parser.add_argument("--show", type=int, help="print mutant SHOW and its mutations, run nothing")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="mutate only these specs (file stems)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.only:
+        os.environ["DAGCV_FUZZ_ONLY"] = " ".join(args.only)
     if args.worker:
         worker(args.seed)
         return 0
