@@ -103,6 +103,10 @@ def check_multistage(sg: Any, cfg: MultistageConfig, splits: dict | None) -> Non
         where = ("train", "stages", i)
         if stage.name in names:
             sg.error(f"train.stages: two stages are named '{stage.name}'", smap.value(*where, "name"))
+        if f"stage_{stage.name}" in sg.g:
+            sg.error(f"stage '{stage.name}': its program `stage_{stage.name}` is also a node's name",
+                     smap.value(*where, "name"),
+                     hint="rename the stage or the node: the ejected model has both")  # fmt: skip
         names.add(stage.name)
         for j, block in enumerate(stage.blocks):
             if block not in blocks:

@@ -75,6 +75,19 @@ def test_each_player_lowers_its_own_loss_against_a_frozen_opponent(tmp_path: Pat
     assert g_loss[-1] < g_loss[0] - 0.05, g_loss
 
 
+def test_wgan_weight_clipping_keeps_every_critic_weight_in_range(tmp_path: Path) -> None:
+    """The original WGAN's settings (no penalty): clip 0.01, RMSProp 5e-5, five critic steps per generator step."""
+    overrides = ["train.steps=5", "train.samples=0", "train.threads=1", "train.critic.losses=[d_loss]",
+                 "train.critic.clip_weights=0.01", "train.critic.optimizer={type: rmsprop, lr: 5.0e-5}",
+                 "train.generator.optimizer={type: rmsprop, lr: 5.0e-5}", "train.critic.schedule=null",
+                 "train.generator.schedule=null"]  # fmt: skip
+    train_spec(load_spec(GAUSSIANS, overrides), Options(run_dir=tmp_path / "run", quiet=True))
+    weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    critic = [v for k, v in weights.items() if k.startswith("critic.")]
+    assert critic and all(v.abs().max() <= 0.01 for v in critic)
+    assert max(v.abs().max() for k, v in weights.items() if k.startswith("generator.")) > 0.01  # not clipped
+
+
 def _die_after(loop, when) -> None:
     save = loop.save
 
@@ -115,7 +128,7 @@ def _vqvae_prior(stage_steps: tuple[int, int]) -> list[str]:
 
 def test_stage_two_trains_on_cached_codes_of_the_frozen_stage_one(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    spec = load_spec(VQVAE_PRIOR, _vqvae_prior((3, 4)))
+    spec = load_spec(VQVAE_PRIOR, _vqvae_prior((3, 24)))
     loop = make_loop(spec, Options(run_dir=run, quiet=True))
     loop.ctx.write_header(loop.compiled.files()["spec.resolved.yaml"])
     stage_one: dict[str, torch.Tensor] = {}
@@ -139,7 +152,9 @@ def test_stage_two_trains_on_cached_codes_of_the_frozen_stage_one(tmp_path: Path
     # Stage 2 left stage 1's weights alone; its log continues the step count.
     final = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(final[k], v) for k, v in stage_one.items())
-    assert [r["stage"] for r in records(run)] == ["autoencoder"] * 3 + ["prior"] * 4
+    assert [r["stage"] for r in records(run)] == ["autoencoder"] * 3 + ["prior"] * 24
+    prior_loss = [r["train/prior_loss"] for r in records(run) if r["stage"] == "prior"]
+    assert prior_loss[-1] < prior_loss[0] - 0.1, prior_loss  # the prior learns the cached codes
     assert (run / "plots" / "samples_prior_epoch001.png").is_file()
 
 
