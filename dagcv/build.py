@@ -140,6 +140,8 @@ def propagate_shapes(built: BuiltGraph) -> None:
     values: dict[tuple[str, str], Any] = {}
     memo: dict = {}
     was_training = {n: m.training for n, m in built.modules.items()}
+    # Running state (batch-norm statistics, an EMA codebook, a step counter) must not learn from example values.
+    buffers = {(n, k): b.clone() for n, m in built.modules.items() for k, b in m.named_buffers() if not b.is_meta}
     for m in built.modules.values():
         m.eval()
     try:
@@ -163,6 +165,10 @@ def propagate_shapes(built: BuiltGraph) -> None:
     finally:
         for n, m in built.modules.items():
             m.train(was_training[n])
+            with torch.no_grad():
+                for k, b in m.named_buffers():
+                    if (n, k) in buffers:
+                        b.copy_(buffers[(n, k)])
 
 
 def _train_pass(built: BuiltGraph, values: dict, memo: dict) -> None:

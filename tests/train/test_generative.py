@@ -237,3 +237,24 @@ def test_sampling_a_model_without_a_sampler_says_how_to_define_one(tmp_path: Pat
     assert result.returncode == 2
     assert "defines no sampler: it has no output named 'samples'" in result.stderr
     assert "add `samples: <node>` to outputs" in result.stderr
+
+
+def test_compiling_leaves_running_state_as_the_blocks_were_built() -> None:
+    """Shape propagation runs train-only blocks in train mode on example values: an EMA codebook, its counters
+    and batch-norm statistics must not learn from them."""
+    text = (
+        "dagcv: 1\nname: ema\ninputs:\n  image: Image[B, 1, 28, 28]\nblocks:\n"
+        "  encoder: {type: conv_encoder, in: image, mode: train}\n"
+        "  quantizer: {type: vector_quantizer_ema, in: encoder, num_codes: 8, restart_after: 1, mode: train}\n"
+        "outputs:\n  loss: quantizer.commitment_loss\n"
+    )
+    from blocks.quantizers import VectorQuantizerEMA
+    from dagcv.spec import parse_spec_text
+
+    torch.manual_seed(0)
+    compiled = compile_spec(parse_spec_text(text, "ema.yaml"))
+    fresh = VectorQuantizerEMA(embedding_dim=16, num_codes=8, restart_after=1)
+    for name, buffer in fresh.named_buffers():
+        if name not in ("codebook", "embedding_sum"):  # drawn at random; the sums start from the codebook
+            assert torch.equal(getattr(compiled.module.quantizer, name), buffer), name
+    assert torch.equal(compiled.module.quantizer.embedding_sum, compiled.module.quantizer.codebook)
