@@ -89,6 +89,10 @@ class GanLoop:
 
     def __init__(self, ctx: RunContext, compiled: Compiled, cfg: GanConfig) -> None:
         self.ctx, self.compiled, self.cfg = ctx, compiled, cfg
+        if ctx.dist.world > 1:
+            raise SpecError.at(compiled.built.sg.spec.source.value("train", "loop"),
+                               "the gan loop runs in one process, not under torchrun",
+                               hint="run it without torchrun (DDP is the supervised loop's)")  # fmt: skip
         sg = compiled.built.sg
         self.sg = sg
         self.device = ctx.device

@@ -54,6 +54,10 @@ class MultistageLoop:
 
     def __init__(self, ctx: RunContext, compiled: Compiled, cfg: MultistageConfig) -> None:
         self.ctx, self.compiled, self.cfg = ctx, compiled, cfg
+        if ctx.dist.world > 1:
+            raise SpecError.at(compiled.built.sg.spec.source.value("train", "loop"),
+                               "the multistage loop runs in one process, not under torchrun",
+                               hint="run it without torchrun (DDP is the supervised loop's)")  # fmt: skip
         self.sg = compiled.built.sg
         self.device = ctx.device
         self.model = compiled.module.to(self.device)
