@@ -344,23 +344,29 @@ class ProjectionDiscriminator(nn.Module):
     inputs={"x": "Image[B, C, H, W]"},
     outputs={"out": "Image[B, out_channels, H, W]"},
     infer={"in_channels": "C"},
-    requires={"H % 4 == 0 and W % 4 == 0": "the skips line up with the upsampled maps only when 4 divides each side"},
+    requires={
+        "H % 4 == 0 and W % 4 == 0": "the skips line up with the upsampled maps only when 4 divides each side",
+        "norm != 'instance' or H * W > 16": "InstanceNorm needs more than one position per map (H/4 × W/4)",
+    },
     param_count="132 * channels * channels + 16 * channels * (in_channels + 2 * out_channels)",
 )
 class UNetGenerator(nn.Module):
     """Pix2Pix's U-Net generator (Isola et al., 2017), two levels deep: an image to an image of the same size.
 
     Down: a 4×4 stride-2 conv to ``channels`` (no norm), then LeakyReLU(0.2) and a 4×4 stride-2 conv to
-    ``2 * channels`` with BatchNorm. Bottleneck at ``H/4``: LeakyReLU, a 3×3 conv and BatchNorm. Up, each step
+    ``2 * channels`` with ``norm``. Bottleneck at ``H/4``: LeakyReLU, a 3×3 conv and ``norm``. Up, each step
     on its level's output concatenated with the skip from the same level: ReLU, a 4×4 stride-2 transposed conv
-    to ``channels`` with BatchNorm (and Dropout(0.5), Pix2Pix's noise, when ``dropout``), then ReLU, a transposed
-    conv to ``out_channels`` and ``tanh``. Dropout is off in eval mode.
+    to ``channels`` with ``norm`` (and Dropout(0.5), Pix2Pix's noise, when ``dropout``), then ReLU, a transposed
+    conv to ``out_channels`` and ``tanh``. Dropout is off in eval mode. ``norm: instance`` is CycleGAN's choice:
+    its generators also run on the other domain's images (identity and cycle losses), and batch statistics
+    would mix the two domains.
 
     Args:
         in_channels: channels of the input image (inferred from ``C``).
         out_channels: channels of the output image.
         channels: width of the first down conv; the inner levels have twice as many.
         dropout: Dropout(0.5) after the innermost upsampling, in train mode.
+        norm: ``batch`` (Pix2Pix) or ``instance`` (CycleGAN), after every conv but the outermost ones.
 
     Example:
         >>> UNetGenerator(in_channels=3, out_channels=3, channels=8)(torch.zeros(2, 3, 32, 32)).shape
@@ -368,16 +374,17 @@ class UNetGenerator(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: Size = 1, out_channels: Size = 1, channels: Size = 64, dropout: bool = True
-    ) -> None:
+        self, *, in_channels: Size = 1, out_channels: Size = 1, channels: Size = 64, dropout: bool = True,
+        norm: Literal["batch", "instance"] = "batch",
+    ) -> None:  # fmt: skip
         super().__init__()
         wide = 2 * channels
         self.down1 = nn.Conv2d(in_channels, channels, kernel_size=4, stride=2, padding=1)
-        self.down2 = norm_conv(channels, wide, "batch", kernel_size=4, stride=2, padding=1)
-        self.bottleneck = norm_conv(wide, wide, "batch", kernel_size=3, padding=1)
+        self.down2 = norm_conv(channels, wide, norm, kernel_size=4, stride=2, padding=1)
+        self.bottleneck = norm_conv(wide, wide, norm, kernel_size=3, padding=1)
         self.up1 = nn.Sequential(
             nn.ConvTranspose2d(2 * wide, channels, kernel_size=4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
+            NORMS[norm](channels),
             nn.Dropout(0.5) if dropout else nn.Identity(),
         )
         self.up2 = nn.ConvTranspose2d(2 * channels, out_channels, kernel_size=4, stride=2, padding=1)

@@ -38,6 +38,7 @@ from blocks.data import (
     parse_idx,
     read_idx,
 )
+from blocks.image_pairs import MnistEdges, MnistUnpaired
 from blocks.shapes import ShapesCoco, ShapesSegmentation
 from dagcv.registry import iter_live, registry
 from dagcv.types import KINDS, evaluate_dims, parse_port_type
@@ -161,6 +162,8 @@ def sample_cases(tmp: Path) -> dict[str, Callable[[], object]]:
         "digits": Digits,
         "fake_data": lambda: FakeData(size=5, channels=2, height=7, width=3, num_classes=4),
         "gaussian_mixture_2d": lambda: GaussianMixture2D(size=6, modes=3, std=0.1),
+        "mnist_edges": lambda: (mnist_idx(), MnistEdges(root=str(tmp / "idx")))[1],
+        "mnist_unpaired": lambda: (mnist_idx(), MnistUnpaired(root=str(tmp / "idx")))[1],
         # Detection samples (image, targets) are checked in test_shapes.py, not by the classification collate.
         "shapes_coco": lambda: ShapesCoco(root=str(tmp / "shapes"), generate=2, height=16, width=16),
         "shapes_segmentation": lambda: ShapesSegmentation(root=str(tmp / "shapes"), generate=2, height=16, width=16),
