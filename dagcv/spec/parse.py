@@ -141,8 +141,18 @@ def validation_diagnostics(
     out = []
     errors = [(e, _data_loc(data, e["loc"])) for e in exc.errors(include_url=False)]
     located = {loc for e, (loc, tagged) in errors if not tagged}
-    for err, (loc, tagged) in errors:
-        if tagged and err["type"].endswith("_type") and (loc in located or len(errors) > 1):
+    wrong_branch = [
+        tagged and err["type"].endswith("_type") and (loc in located or len(errors) > 1)
+        for err, (loc, tagged) in errors
+    ]
+    if all(wrong_branch):  # a value no branch of a union fits (`losses: [[x]]`): say so once, with every form
+        err, (loc, _) = errors[0]
+        forms = " or ".join(dict.fromkeys(e["msg"][0].lower() + e["msg"][1:] for e, _ in errors))
+        where = ".".join(str(p) for p in loc if p != "params") or "spec"
+        span = smap.value(*prefix, *(p for p in loc if p != "params"))
+        return [Diagnostic(f"{where}: {forms}", span, node=node or _node_of((*prefix, *loc)))]
+    for (err, (loc, _)), skip in zip(errors, wrong_branch, strict=True):
+        if skip:
             continue  # "should be a list": the branch of a union the value was never meant for
         loc = tuple(p for p in loc if p != "params")
         path = (*prefix, *loc)

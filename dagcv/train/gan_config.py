@@ -41,7 +41,9 @@ class PlayerConfig(BaseModel):
     @field_validator("losses", mode="before")
     @classmethod
     def _weights(cls, value: Any) -> Any:
-        return dict.fromkeys(value, 1.0) if isinstance(value, list) else value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return dict.fromkeys(value, 1.0)
+        return value  # anything else is pydantic's to reject
 
     @model_validator(mode="after")
     def _some_loss(self) -> PlayerConfig:
@@ -159,8 +161,8 @@ def check_gan(sg: Any, cfg: GanConfig, splits: dict | None) -> None:
         sg.error(f"train: {', '.join(sorted(both))} is minimised by both players",
                  smap.key("train", "critic", "losses"),
                  hint="an adversarial objective has one loss per player (critic_loss and generator_loss)")  # fmt: skip
-    if len(sg.diagnostics) > reported:
-        return  # the names above are wrong: the graph checks below would only repeat it
+    if sg.diagnostics:
+        return  # a wrong name above, or a graph with errors: the checks below would only repeat them
     _check_coverage(sg, owner, WEIGHTED_FAMILIES)
     _check_shared_critic(sg, cfg, fake_nodes, reported)
     _check_objectives(sg, cfg)
@@ -174,9 +176,8 @@ def _check_coverage(sg: Any, owner: dict[str, str], weighted: frozenset) -> None
         contract = data.get("contract")
         if contract is None or not contract.module or contract.family not in weighted or data.get("shares"):
             continue
-        same = sorted(
-            (b for b in owner if sg.node(b)["contract"].name == contract.name), key=lambda b: owner[b] != "critic"
-        )
+        same = [b for b in owner if getattr(sg.node(b).get("contract"), "name", None) == contract.name]
+        same.sort(key=lambda b: owner[b] != "critic")
         if name in owner or not same:
             continue
         sg.error(

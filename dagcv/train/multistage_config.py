@@ -48,7 +48,9 @@ class StageConfig(BaseModel):
     @field_validator("losses", mode="before")
     @classmethod
     def _weights(cls, value: Any) -> Any:
-        return dict.fromkeys(value, 1.0) if isinstance(value, list) else value
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return dict.fromkeys(value, 1.0)
+        return value  # anything else is pydantic's to reject
 
     @model_validator(mode="after")
     def _budget(self) -> StageConfig:
@@ -90,7 +92,6 @@ def _ancestors(sg: Any, nodes: set[str], stop: set[str]) -> set[str]:
 def check_multistage(sg: Any, cfg: MultistageConfig, splits: dict | None) -> None:
     """Stage names, blocks, losses and caches exist; no stage reads a block that a later stage still trains."""
     smap = sg.spec.source
-    reported = len(sg.diagnostics)
     if splits is not None and cfg.train_split not in splits:
         sg.error(f"train.train_split: no split '{cfg.train_split}' in data",
                  smap.value("train", "train_split") if "train_split" in sg.spec.train else smap.key("train"),
@@ -126,8 +127,8 @@ def check_multistage(sg: Any, cfg: MultistageConfig, splits: dict | None) -> Non
             if out not in sg.outputs:
                 sg.error(f"stage '{stage.name}': cache '{out}' is not a spec output", smap.value(*where, "cache", j),
                          hint=did_you_mean(out, sg.outputs) or "add the frozen value to outputs:")  # fmt: skip
-    if len(sg.diagnostics) > reported:
-        return  # the names above are wrong: the graph checks below would only repeat it
+    if sg.diagnostics:
+        return  # a wrong name above, or a graph with errors: the checks below would only repeat them
     for i in range(len(cfg.stages)):
         _check_stage_reads(sg, cfg, i, stage_of)
 

@@ -33,9 +33,12 @@ def _validate(sg: SpecGraph, model: type[BaseModel], value: Any, prefix: tuple) 
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        for d in validation_diagnostics(exc, sg.spec.source, model, prefix, data=value):
+        found = validation_diagnostics(exc, sg.spec.source, model, prefix, data=value)
+        for d in found:
             d.message = f"{'.'.join(map(str, prefix))}: {d.message}"
             sg.diagnostics.append(d)
+        if not found:  # never an invalid section that nobody reports: check would say ok and training fail
+            sg.error(f"{'.'.join(map(str, prefix))}: {exc.errors()[0]['msg']}", sg.spec.source.key(*prefix))
         return None
 
 
