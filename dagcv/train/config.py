@@ -19,11 +19,26 @@ train:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, model_validator
 
 _STRICT = ConfigDict(extra="forbid")
+
+
+def _weights_of_list(value: Any) -> Any:
+    """``[a, b]`` → ``{a: 1.0, b: 1.0}``; anything else is left for pydantic to accept or reject."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return dict.fromkeys(value, 1.0)
+    return value
+
+
+LossWeights = Annotated[
+    dict[str, float] | list[str],
+    BeforeValidator(_weights_of_list),
+    Field(description="Loss outputs minimised: a list (weight 1 each), or output → weight"),
+]
+"""A group's losses: ``[g_loss]`` or ``{d_loss: 1.0, gp: 10.0}``; always a dict once validated."""
 
 
 class SubsetConfig(BaseModel):

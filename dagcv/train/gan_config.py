@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from dagcv.errors import did_you_mean
-from dagcv.train.config import _STRICT, OptimizerConfig, RunConfig, ScheduleConfig
+from dagcv.train.config import _STRICT, LossWeights, OptimizerConfig, RunConfig, ScheduleConfig
 
 
 class PlayerConfig(BaseModel):
@@ -33,17 +33,10 @@ class PlayerConfig(BaseModel):
 
     model_config = _STRICT
     blocks: list[str] = Field(min_length=1, description="node names whose parameters this player updates")
-    losses: dict[str, float] | list[str] = Field(description="Loss outputs it minimises: a list, or output → weight")
+    losses: LossWeights
     optimizer: OptimizerConfig
     schedule: ScheduleConfig | None = None
     grad_clip: float | None = Field(default=None, gt=0, description="max global gradient norm")
-
-    @field_validator("losses", mode="before")
-    @classmethod
-    def _weights(cls, value: Any) -> Any:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return dict.fromkeys(value, 1.0)
-        return value  # anything else is pydantic's to reject
 
     @model_validator(mode="after")
     def _some_loss(self) -> PlayerConfig:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from dagcv.errors import did_you_mean
 from dagcv.spec.ir import IDENTIFIER
-from dagcv.train.config import _STRICT, OptimizerConfig, RunConfig, ScheduleConfig
+from dagcv.train.config import _STRICT, LossWeights, OptimizerConfig, RunConfig, ScheduleConfig
 
 
 class StageConfig(BaseModel):
@@ -35,7 +35,7 @@ class StageConfig(BaseModel):
     model_config = _STRICT
     name: str = Field(pattern=IDENTIFIER, description="names the stage's program and its log records")
     blocks: list[str] = Field(min_length=1, description="the nodes whose parameters this stage trains")
-    losses: dict[str, float] | list[str] = Field(description="Loss outputs it minimises: a list, or output → weight")
+    losses: LossWeights
     cache: list[str] = Field(
         default_factory=list, description="spec outputs of frozen earlier stages, computed once and stored"
     )
@@ -44,13 +44,6 @@ class StageConfig(BaseModel):
     optimizer: OptimizerConfig
     schedule: ScheduleConfig | None = None
     grad_clip: float | None = Field(default=None, gt=0)
-
-    @field_validator("losses", mode="before")
-    @classmethod
-    def _weights(cls, value: Any) -> Any:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return dict.fromkeys(value, 1.0)
-        return value  # anything else is pydantic's to reject
 
     @model_validator(mode="after")
     def _budget(self) -> StageConfig:
