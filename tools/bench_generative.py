@@ -148,7 +148,7 @@ def report(rows: dict[str, dict], n: int, seed: int) -> None:
             fmt(row["recall"], ".3f"), fmt(row.get("class_accuracy"), ".3f"), fmt(row.get("iwae_nll"), ".2f"),
             fmt(row.get("recon_mse"), ".5f"),
         )  # fmt: skip
-    Console().print(table)
+    Console(width=150).print(table)
     gans = [rows[g]["fld"] for g in ("dcgan_mnist", "wgan_gp_mnist") if g in rows]
     if gans and "vae_mnist" in rows:
         print(f"best GAN FLD {min(gans):.2f} vs VAE {rows['vae_mnist']['fld']:.2f}: "
