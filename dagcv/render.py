@@ -508,13 +508,14 @@ class _Drawing:
         dims = self.sg.node(u).get("shapes", {}).get(d["src_port"])
         label, example = shape_label(port_type.kind if port_type else None, dims)
         vocab = self.sg.node(u).get("vocabs", {}).get(d["src_port"])
-        label += f" vocab {vocab.value}" if vocab is not None and label else ""
         diags = self.pins.edges.get((u, v, key), [])
         where = f"{u}.{d['src_port']} → {v}.{d['dst_port']}"
         tip = f"{where}\n{port_type.kind if port_type else '?'} {label}" + (f" = {example}" if example else "")
         lines = [label] if self.shapes and label else []
         if example and self.shapes and not self.compact:
             lines.append(f'<FONT POINT-SIZE="8" COLOR="{MUTED}">{_h(example)}</FONT>')
+        if vocab is not None and self.shapes:
+            lines.append(f'<FONT POINT-SIZE="8">vocab {vocab.value}</FONT>')  # codes: how many there are
         attrs = {"tooltip": _plain(f"{_tooltip_of(diags)}\n\n{tip}" if diags else tip)}
         mode = self._mode(u) if self.sg.node(u)["kind"] == "block" else "both"
         if mode != "both":

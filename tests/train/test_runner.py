@@ -56,7 +56,9 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path) -> None:
     proc.wait()
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert 0 < state["loop"]["step"] < 45 and state["loop"]["step"] % 7 == 0, state["loop"]["step"]
-    assert len(step_losses(run)) > state["loop"]["step"]  # it logged past its checkpoint before dying
+    # Usually it logged past its checkpoint before dying (those records must go); a kill that lands between a
+    # checkpoint and the next step's record leaves none to drop, and the rest of the test still holds.
+    assert len(step_losses(run)) >= state["loop"]["step"]
 
     resumed = dagcv("train", "--resume", str(run), "-q")
     assert resumed.returncode == 0, resumed.stderr
