@@ -186,6 +186,7 @@ def losses_of(run: Path) -> dict[str, list[float]]:
     return {k: [r[k] for r in steps] for k in steps[0] if k.startswith("train/")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("path", "falls"), [(PIX2PIX, "train/l1"), (CYCLEGAN, "train/cycle_a")],
                          ids=["pix2pix", "cyclegan"])  # fmt: skip
 def test_shipped_spec_trains_on_tiny_digits(path: Path, falls: str, tmp_path: Path) -> None:

@@ -168,6 +168,7 @@ def _loader_args(loop) -> dict:
             "rank": 0, "world": 1, "train": False}  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [2, 5], ids=["in stage 1", "in stage 2"])
 def test_a_multistage_run_resumes_in_either_stage(tmp_path: Path, kill_at: int) -> None:
     spec = load_spec(VQVAE_PRIOR, [*_vqvae_prior((3, 4)), "train.samples=0", "train.checkpoint_every=1"])
@@ -208,6 +209,7 @@ def cgan_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_sample_writes_a_grid_and_the_tensors_of_the_requested_class(cgan_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "sevens.png"
     result = dagcv("sample", str(cgan_run), "-n", "8", "--class", "7", "--seed", "3", "-o", str(out))
@@ -222,6 +224,7 @@ def test_sample_writes_a_grid_and_the_tensors_of_the_requested_class(cgan_run: P
     assert torch.equal(draw(compiled, 8, seed=3, label=7), saved["samples"])  # the seed decides the samples
 
 
+@pytest.mark.slow
 def test_sample_refuses_a_class_outside_the_label_range(cgan_run: Path, tmp_path: Path) -> None:
     result = dagcv("sample", str(cgan_run), "--class", "10", "-o", str(tmp_path / "x.png"))
     assert result.returncode == 2
@@ -229,6 +232,7 @@ def test_sample_refuses_a_class_outside_the_label_range(cgan_run: Path, tmp_path
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_sampling_a_model_without_a_sampler_says_how_to_define_one(tmp_path: Path) -> None:
     run = tmp_path / "run"
     overrides = ["train.epochs=null", "train.steps=1", "train.eval_split=null", "train.metrics=[]"]

@@ -35,6 +35,7 @@ def step_losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in records if r["kind"] == "step"}
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path) -> None:
     common = overrides(*RANDOM, "train.epochs=2", "train.log_every=1", "train.checkpoint_every=7", "train.threads=1")
     straight = dagcv("train", DIGITS, *common, "--run-dir", str(tmp_path / "straight"), "-q")
