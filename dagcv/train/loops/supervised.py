@@ -22,6 +22,7 @@ from dagcv.train.data import SplitLoader, batch_size, move_to, open_split
 from dagcv.train.metrics import make_metric, results
 from dagcv.train.optim import GroupStepper, make_groups
 from dagcv.train.plan import TrainingPlan
+from dagcv.train.sampling import SAMPLES, draw
 
 
 class SupervisedLoop:
@@ -159,6 +160,9 @@ class SupervisedLoop:
             record.update({f"{self.cfg.eval_split}/{k}": v for k, v in self.evaluate().items()})
         self.ctx.log(record)
         progress.epoch_line(record, self.epochs)
+        if SAMPLES in self.compiled.built.sg.outputs:  # a generative model (a VAE): a grid of its samples per epoch
+            images = draw(self.compiled, 64, seed=self.cfg.seed, device=self.device)
+            self.ctx.save_images(f"samples_epoch{math.ceil(epoch):03d}.png", images)
         stop = self._early_stopping(record)
         if self.cfg.checkpoint_every is None or self.step % self.cfg.checkpoint_every:
             self.save()
