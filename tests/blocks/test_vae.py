@@ -260,3 +260,22 @@ def test_negative_elbo_falls_on_a_tiny_dataset() -> None:
         kl.eval(), sample.eval()
         after = negative_elbo()
     assert after < 0.7 * before, (before, after)
+
+
+def test_the_iwae_block_is_the_bound_over_the_samples_it_is_given() -> None:
+    """importance_samples → a decoder → importance_weighted_nll: -(logsumexp_i log w_i - log k) per image, by hand."""
+    from blocks.vae import ImportanceSamples, ImportanceWeightedNLL
+
+    torch.manual_seed(0)
+    posterior = Independent(Normal(torch.randn(3, 2), torch.rand(3, 2) + 0.5), 1)
+    decoder = torch.nn.Linear(2, 4)
+    x = (torch.rand(3, 4) > 0.5).float()
+    z = ImportanceSamples(k=5)(posterior)  # 15 × 2, sample-major
+    got = ImportanceWeightedNLL(k=5)(posterior, z, decoder(z), x)
+    zz = z.view(5, 3, 2)
+    log_px = -torch.nn.functional.binary_cross_entropy_with_logits(
+        decoder(zz), x.expand(5, 3, 4), reduction="none"
+    ).sum(-1)
+    log_pz = Independent(Normal(torch.zeros(2), torch.ones(2)), 1).log_prob(zz)
+    want = -(torch.logsumexp(log_px + log_pz - posterior.log_prob(zz), 0) - math.log(5)).mean()
+    torch.testing.assert_close(got, want)
