@@ -261,6 +261,7 @@ class TransformerPrior(nn.Module):
     family="noise",
     outputs={"out": "Codes[B, height, width] vocab num_codes"},
     module=False,
+    requires={"height * width <= 1024": "a prior fills the grid one position per pass: at most 32×32 codes"},
 )
 class UnknownCodes:
     """A grid of unknown codes (-1 everywhere) for a prior to fill: where sampling from a prior over codes starts.
