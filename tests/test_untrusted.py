@@ -287,11 +287,13 @@ def test_bounds_the_fuzzer_found_are_in_the_contracts(spec: str, override: str, 
         ("wgan_gp_8gaussians", "train.generator.losses=[[H]]", "generator.losses: input should be a valid dict"),
         ("vqvae_prior_mnist", "train.stages.1.losses=[[H]]", "stages.1.losses: input should be a valid dict"),
         ("wgan_gp_8gaussians", "blocks.critic.type=x", "unknown block type 'x'"),
+        ("vqvae_prior_mnist", "blocks.grid.height=1000000", "needs height * width <= 1024"),
     ],
 )
 def test_generative_sections_the_fuzzer_broke_are_errors(spec: str, override: str, message: str) -> None:
-    """Seed 7070 of tools/fuzz_specs.py: a value that fits no form of a union was reported by no one (check said
-    ok), and a player's block of an unknown type crashed the gan loop's check."""
+    """Seeds 7070 and 9090 of tools/fuzz_specs.py: a value that fits no form of a union was reported by no one
+    (check said ok), a player's block of an unknown type crashed the gan loop's check, and a huge grid of unknown
+    codes made compile fill it position by position (memory blow-up)."""
     from dagcv.compiler import check_spec
     from dagcv.spec import load_spec
 
