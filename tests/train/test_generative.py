@@ -264,6 +264,7 @@ def test_compiling_leaves_running_state_as_the_blocks_were_built() -> None:
     assert torch.equal(compiled.module.quantizer.embedding_sum, compiled.module.quantizer.codebook)
 
 
+@pytest.mark.slow
 def test_a_vae_logs_its_importance_weighted_nll_and_draws_a_grid_per_epoch(tmp_path: Path) -> None:
     """The supervised loop on vae_mnist: the IWAE bound is logged per evaluation (finite, positive, within twice
     the NLL of a coin per pixel), a sample grid is drawn per epoch, and sampling runs the `mode: sample` path
