@@ -235,6 +235,11 @@ class DagModule(nn.Module):
         return self.graph_module().graph
 
 
+def program_arguments(program: fx.GraphModule) -> list[str]:
+    """The argument names of a lowered program, in order (what a loop must pass it)."""
+    return [n.target for n in program.graph.nodes if n.op == "placeholder"]  # type: ignore[misc]
+
+
 def output_ports(sg: SpecGraph) -> dict[str, list[str]]:
     """Output port names of every block node (sharing nodes included: they return what their module returns)."""
     return {n: [p.name for p in sg.node(n)["contract"].outputs] for n in sg.blocks() if "contract" in sg.node(n)}

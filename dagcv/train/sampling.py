@@ -19,7 +19,7 @@ import torch
 
 from dagcv.errors import SpecError
 from dagcv.graph import SpecGraph
-from dagcv.lower import DagModule
+from dagcv.lower import DagModule, program_arguments
 
 SAMPLES = "samples"
 
@@ -51,6 +51,14 @@ def _consumers(sg: SpecGraph, node: str) -> list[tuple[str, str]]:
     return [(v, d["dst_port"]) for _, v, d in sg.g.out_edges(node, data=True)]
 
 
+def noise_sources(objects: dict[str, Any]) -> dict[str, Any]:
+    """The built source blocks a sampler or loop draws from (noise, grids of unknown codes), by the ``forward``
+    argument that carries their draws (``<node>_out``)."""
+    from dagcv.graph import source_argument
+
+    return {source_argument(name, "out"): obj for name, obj in objects.items() if callable(getattr(obj, "draw", None))}
+
+
 def sampling_arguments(
     program: Any,
     sg: SpecGraph,
@@ -62,15 +70,10 @@ def sampling_arguments(
     device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """The arguments of the sample program for ``n`` samples (see the module docstring)."""
-    from dagcv.graph import source_argument
-
     generator = torch.Generator().manual_seed(seed)
     args: dict[str, torch.Tensor] = {}
-    wanted = [node.target for node in program.graph.nodes if node.op == "placeholder"]
-    sources = {
-        source_argument(name, "out"): obj for name, obj in objects.items() if callable(getattr(obj, "draw", None))
-    }
-    for arg in wanted:
+    sources = noise_sources(objects)
+    for arg in program_arguments(program):
         if arg in sources:
             args[arg] = sources[arg].draw(n, device, generator=generator)
             continue

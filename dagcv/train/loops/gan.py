@@ -35,15 +35,12 @@ import torch
 from dagcv.compiler import Compiled
 from dagcv.errors import SpecError
 from dagcv.graph import source_argument
+from dagcv.lower import program_arguments
 from dagcv.train.context import RunContext, RunResult, check_finite
 from dagcv.train.data import batch_size, move_to, open_split
 from dagcv.train.gan_config import GanConfig, PlayerConfig
 from dagcv.train.optim import make_optimizer, make_scheduler
-from dagcv.train.sampling import SAMPLES, draw
-
-
-def _placeholders(program: Any) -> list[str]:
-    return [n.target for n in program.graph.nodes if n.op == "placeholder"]
+from dagcv.train.sampling import SAMPLES, draw, noise_sources
 
 
 class Player:
@@ -97,17 +94,15 @@ class GanLoop:
         self.sg = sg
         self.device = ctx.device
         self.model = compiled.module.to(self.device)
-        self.noise = {
-            source_argument(name, "out"): obj
-            for name, obj in compiled.built.objects.items()
-            if callable(getattr(obj, "draw", None))
-        }
+        self.noise = noise_sources(compiled.built.objects)
         kinds = {name: t.kind for name, (n, p) in sg.outputs.items() if (t := sg.out_type(n, p)) is not None}
         programs = cfg.programs(kinds)
         self.generate = self.model.program(*programs["generate"])
         self.critic_program = self.model.program(*programs["critic_losses"])
         self.generator_program = self.model.program(*programs["generator_losses"])
         self.fake_args = {name: source_argument(*sg.outputs[name]) for name in cfg.fakes}
+        # Each program's arguments, read once rather than on every step.
+        self.arguments_of = {p: program_arguments(p) for p in (self.generate, self.critic_program, self.generator_program)}
         self.loader = open_split(sg, cfg.train_split, seed=cfg.seed, train=True)
         self.per_epoch = len(self.loader)
         if self.per_epoch == 0:
@@ -161,7 +156,7 @@ class GanLoop:
 
     def _arguments(self, program: Any, batch: dict[str, Any], n: int, fakes: dict | None = None) -> dict[str, Any]:
         args: dict[str, Any] = {}
-        for name in _placeholders(program):
+        for name in self.arguments_of[program]:
             if name in self.noise:
                 args[name] = self.noise[name].draw(n, self.device)
             elif fakes is not None and name in fakes:

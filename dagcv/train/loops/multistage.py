@@ -26,15 +26,12 @@ import torch
 from dagcv.compiler import Compiled
 from dagcv.errors import SpecError
 from dagcv.files import atomic_file
+from dagcv.lower import program_arguments
 from dagcv.train.context import RunContext, RunResult, check_finite
 from dagcv.train.data import TensorLoader, move_to, open_split
 from dagcv.train.multistage_config import MultistageConfig, StageConfig
 from dagcv.train.optim import make_optimizer, make_scheduler
 from dagcv.train.sampling import SAMPLES, draw
-
-
-def _placeholders(program: Any) -> list[str]:
-    return [n.target for n in program.graph.nodes if n.op == "placeholder"]
 
 
 def weights_hash(model: torch.nn.Module, blocks: list[str]) -> str:
@@ -104,7 +101,7 @@ class MultistageLoop:
     def _compute_cache(self, stage: StageConfig) -> dict[str, torch.Tensor]:
         """The cached outputs and the spec inputs the stage reads, over the training split in order."""
         compute = self.model.program(stage.cache, "eval")
-        wanted = _placeholders(self.program)
+        wanted = program_arguments(self.program)
         names = {self._argument(out): out for out in stage.cache}
         ordered = open_split(self.sg, self.cfg.train_split, seed=self.cfg.seed, train=False)
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
@@ -112,7 +109,7 @@ class MultistageLoop:
         try:
             for batch in ordered.epoch(0):
                 batch = move_to(batch, self.device)
-                out = compute(**{k: batch[k] for k in _placeholders(compute)})
+                out = compute(**{k: batch[k] for k in program_arguments(compute)})
                 for name in wanted:
                     parts[name].append((out[names[name]] if name in names else batch[name]).cpu())
         finally:
@@ -177,7 +174,7 @@ class MultistageLoop:
             getattr(self.model, block).eval()  # frozen: batch-norm statistics and dropout as trained
         sums: dict[str, float] = {}
         count, tick = 0, time.perf_counter()
-        wanted = _placeholders(self.program)
+        wanted = program_arguments(self.program)
         for batch in self.loader.epoch(self.epoch, self.batch_in_epoch):
             if self.stage_step >= self.total:
                 break

@@ -31,6 +31,7 @@ import torch
 
 from dagcv.compiler import Compiled
 from dagcv.graph import source_argument
+from dagcv.lower import program_arguments
 from dagcv.train.context import RunContext, RunResult, check_finite
 from dagcv.train.optim import make_optimizer
 from dagcv.train.rl import (
@@ -43,10 +44,6 @@ from dagcv.train.rl import (
     restore_envs,
 )
 from dagcv.train.rl_config import OnPolicyConfig
-
-
-def _placeholders(program: Any) -> list[str]:
-    return [n.target for n in program.graph.nodes if n.op == "placeholder"]
 
 
 class PPOLoop:
@@ -67,9 +64,9 @@ class PPOLoop:
         programs = cfg.programs(kinds)
         self.act = self.model.program(*programs["act"])
         self.update_program = self.model.program(*programs["update"])
-        self.update_args = _placeholders(self.update_program)
+        self.update_args = program_arguments(self.update_program)
         self.monitor = self.model.program(*programs["monitor"]) if "monitor" in programs else None
-        self.monitor_args = _placeholders(self.monitor) if self.monitor is not None else []
+        self.monitor_args = program_arguments(self.monitor) if self.monitor is not None else []
         losses = [name for name, kind in kinds.items() if kind == "Loss"]
         weights = cfg.losses or dict.fromkeys(losses, 1.0)
         self.weights = {name: w for name, w in weights.items() if w != 0.0}  # the rest only goes to the log
