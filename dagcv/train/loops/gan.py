@@ -102,8 +102,8 @@ class GanLoop:
         self.generator_program = self.model.program(*programs["generator_losses"])
         self.fake_args = {name: source_argument(*sg.outputs[name]) for name in cfg.fakes}
         # Each program's arguments, read once rather than on every step.
-        programs_ = (self.generate, self.critic_program, self.generator_program)
-        self.arguments_of = {p: program_arguments(p) for p in programs_}
+        lowered = (self.generate, self.critic_program, self.generator_program)
+        self.arguments_of = {p: program_arguments(p) for p in lowered}
         self.loader = open_split(sg, cfg.train_split, seed=cfg.seed, train=True)
         self.per_epoch = len(self.loader)
         if self.per_epoch == 0:
