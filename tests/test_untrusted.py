@@ -270,6 +270,7 @@ def test_block_rules_and_bounds_are_checked_statically(write_spec) -> None:
         ("ppo_cartpole", "blocks.pg_loss.clip_coef=1.0e+308", "less than or equal to 10"),
         ("detr_tiny", "blocks.transformer.num_encoder_layers=0", "greater than 0"),
         ("fasterrcnn_tiny_shapes", "blocks.box_predictor.num_classes=1", "greater than or equal to 2"),
+        ("maskrcnn_r50_fpn", "blocks.postprocess.detections_per_img=2147483648", "detections_per_img <= 10000"),
     ],
 )
 def test_bounds_the_fuzzer_found_are_in_the_contracts(spec: str, override: str, message: str) -> None:

@@ -344,6 +344,10 @@ class FastRcnnLoss(nn.Module):
     },
     outputs={"detections": "Detections"},
     default_mode="eval",
+    requires={
+        "detections_per_img <= 10000": "at most 10,000 detections per image: the mask branch pastes one "
+        "mask per detection (COCO keeps 100)"
+    },
 )
 class FastRcnnPostprocess(nn.Module):
     """Detections from the box head, as torchvision's ``RoIHeads.postprocess_detections`` makes them.
