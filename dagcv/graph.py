@@ -7,6 +7,7 @@ passes skip it instead of reporting the same mistake again in other words.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,25 @@ class SpecGraph:
         contract = data.get("contract")
         decl = contract.output(port) if contract else None
         return decl.parsed if decl else None
+
+    def upstream(self, nodes: Iterable[str], stop: Collection[str] = ()) -> set[str]:
+        """``nodes`` and every node they read from, directly or not, not reading past the nodes in ``stop``."""
+        seen = set(nodes)
+        todo = [n for n in seen if n not in stop]
+        while todo:
+            for u in self.g.predecessors(todo.pop()):
+                if u not in seen:
+                    seen.add(u)
+                    if u not in stop:
+                        todo.append(u)
+        return seen
+
+    def downstream(self, nodes: Iterable[str]) -> set[str]:
+        """``nodes`` and every node that reads from them, directly or not."""
+        seen = set(nodes)
+        for n in list(seen):
+            seen |= nx.descendants(self.g, n)
+        return seen
 
     def in_edges(self, node: str) -> list[tuple[str, dict]]:
         """(source node, edge data) for each connected input port of ``node``, in port order."""

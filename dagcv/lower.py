@@ -103,7 +103,7 @@ def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None,
     used: set[Value] = set()
     needed: set[Value] = set()  # values some required port reads; an input read only by optional ports may be None
     given = [sg.outputs[g][0] if g in sg.outputs else g for g in given]  # spec outputs name their nodes
-    wanted = None if outputs is None else _ancestors(sg, [sg.outputs[o][0] for o in outputs], set(given))
+    wanted = None if outputs is None else sg.upstream([sg.outputs[o][0] for o in outputs], stop=given)
     for name in sg.order():
         data = sg.node(name)
         if data["kind"] != "block" or mode not in MODES[data["mode"]] or data["contract"].is_source:
@@ -134,18 +134,6 @@ def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None,
         optional = optional or value not in needed  # Python: no required argument after an optional one
         program.inputs.append(Arg(name, value, value in used, optional))
     return program
-
-
-def _ancestors(sg: SpecGraph, nodes: list[str], stop: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
-    """``nodes`` and every node they read from, directly or not (not reading past the nodes in ``stop``)."""
-    seen, todo = set(nodes), [n for n in nodes if n not in stop]
-    while todo:
-        for u, _ in sg.in_edges(todo.pop()):
-            if u not in seen:
-                seen.add(u)
-                if u not in stop:
-                    todo.append(u)
-    return seen
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -88,26 +88,6 @@ class GanConfig(RunConfig):
         }
 
 
-def _descendants(sg: Any, nodes: set[str]) -> set[str]:
-    seen, todo = set(nodes), list(nodes)
-    while todo:
-        for v in sg.g.successors(todo.pop()):
-            if v not in seen:
-                seen.add(v)
-                todo.append(v)
-    return seen
-
-
-def _ancestors(sg: Any, nodes: set[str]) -> set[str]:
-    seen, todo = set(nodes), list(nodes)
-    while todo:
-        for u in sg.g.predecessors(todo.pop()):
-            if u not in seen:
-                seen.add(u)
-                todo.append(u)
-    return seen
-
-
 def check_gan(sg: Any, cfg: GanConfig, splits: dict | None) -> None:
     """Players, losses, fakes and the shared critic, each error at the spec text that causes it."""
     from dagcv.check import WEIGHTED_FAMILIES
@@ -183,7 +163,7 @@ def _check_coverage(sg: Any, owner: dict[str, str], weighted: frozenset) -> None
 
 def _check_shared_critic(sg: Any, cfg: GanConfig, fake_nodes: set[str], reported: int) -> None:
     """Each critic module scores real data and fakes: one module, called through ``shares:`` on both."""
-    fake_side = _descendants(sg, fake_nodes)
+    fake_side = sg.downstream(fake_nodes)
     for critic in cfg.critic.blocks:
         users = {critic} | {n for n in sg.blocks() if sg.node(n).get("shares") == critic}
         on_fakes = users & fake_side
@@ -199,7 +179,7 @@ def _check_shared_critic(sg: Any, cfg: GanConfig, fake_nodes: set[str], reported
         )
     if len(sg.diagnostics) > reported:
         return  # a critic that is not shared is the cause; that its scores do not reach the generator follows
-    needed = _ancestors(sg, {sg.outputs[loss][0] for loss in cfg.generator.losses})
+    needed = sg.upstream(sg.outputs[loss][0] for loss in cfg.generator.losses)
     if not needed & (set(cfg.critic.blocks) | _sharers(sg, cfg)):
         sg.error("train.generator.losses: no generator loss reads the critic's scores",
                  sg.spec.source.key("train", "generator", "losses"),

@@ -71,17 +71,6 @@ class MultistageConfig(RunConfig):
         return {f"stage_{s.name}": (list(s.losses), "train", s.cache) for s in self.stages}
 
 
-def _ancestors(sg: Any, nodes: set[str], stop: set[str]) -> set[str]:
-    seen, todo = set(nodes), [n for n in nodes if n not in stop]
-    while todo:
-        for u in sg.g.predecessors(todo.pop()):
-            if u not in seen:
-                seen.add(u)
-                if u not in stop:
-                    todo.append(u)
-    return seen
-
-
 def check_multistage(sg: Any, cfg: MultistageConfig, splits: dict | None) -> None:
     """Stage names, blocks, losses and caches exist; no stage reads a block that a later stage still trains."""
     smap = sg.spec.source
@@ -132,13 +121,13 @@ def _check_stage_reads(sg: Any, cfg: MultistageConfig, i: int, stage_of: dict[st
     cut = {sg.outputs[o][0] for o in stage.cache}
     for j, out in enumerate(stage.cache):
         node = sg.outputs[out][0]
-        later = sorted({stage_of[b] for b in _ancestors(sg, {node}, set()) if stage_of.get(b, -1) >= i})
+        later = sorted({stage_of[b] for b in sg.upstream([node]) if stage_of.get(b, -1) >= i})
         if later:
             other = cfg.stages[later[0]]
             sg.error(f"stage '{stage.name}' caches '{out}', which depends on blocks that stage '{other.name}' "
                      "still trains", sg.spec.source.value(*where, "cache", j),
                      hint="cache only what blocks of earlier stages compute (they are frozen by now)")  # fmt: skip
-    reads = _ancestors(sg, {sg.outputs[loss][0] for loss in stage.losses}, cut) - cut
+    reads = sg.upstream((sg.outputs[loss][0] for loss in stage.losses), stop=cut) - cut
     for block in sorted(reads):
         if stage_of.get(block, -1) > i:
             other = cfg.stages[stage_of[block]]
