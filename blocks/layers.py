@@ -128,3 +128,17 @@ class UnitRange(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return ((x + 1) / 2).clamp(0, 1)
+
+
+@register_block("signed_range", family="layer", inputs={"x": "Image[B, C, H, W]"}, outputs={"out": "Image[B, C, H, W]"})
+class SignedRange(nn.Module):
+    """Map images from ``[0, 1]`` to ``[-1, 1]``: ``2x - 1``, the inverse of ``unit_range`` (the data space of a
+    diffusion model, whose samplers clip x̂_0 to [-1, 1]).
+
+    Example:
+        >>> SignedRange()(torch.tensor([[[[0.0, 0.5, 1.0]]]]))
+        tensor([[[[-1.,  0.,  1.]]]])
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * x - 1

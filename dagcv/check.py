@@ -351,7 +351,7 @@ def _shape_error(sg: SpecGraph, node: str, src: str, edge: dict, shape: list[Dim
 
 # Families whose blocks hold weights; losses, post-processing, datasets and environments hold none.
 WEIGHTED_FAMILIES = frozenset(
-    "backbone neck head layer encoder quantizer decoder prior generator discriminator policy critic".split()
+    "backbone neck head layer encoder quantizer decoder prior generator discriminator policy critic denoiser".split()
 )
 
 

@@ -45,6 +45,7 @@ from dagcv.types import PortType, parse_port_type
 FAMILIES = (
     "data", "env", "backbone", "neck", "head", "layer", "loss", "postprocess",
     "policy", "critic", "encoder", "quantizer", "decoder", "prior", "generator", "discriminator", "noise",
+    "schedule", "denoiser",
 )  # fmt: skip
 MODES = ("train", "eval", "both", "sample")
 RESERVED_KEYS = ("type", "shares", "in", "mode")

@@ -43,7 +43,7 @@ FAMILY_COLORS = {
     "head": "#fdd49e", "layer": "#f0f0f0", "loss": "#fbe0ef", "postprocess": "#dadaeb",
     "policy": "#b3de69", "critic": "#e5f5b0", "encoder": "#bcbddc", "quantizer": "#ffed6f",
     "decoder": "#8dd3c7", "prior": "#ffffb3", "generator": "#c2e699", "discriminator": "#fdb462",
-    "noise": "#e7e1ef",
+    "noise": "#e7e1ef", "schedule": "#fee0d2", "denoiser": "#a6cee3",
 }  # fmt: skip
 UNKNOWN_FILL = "#ffffff"
 MODE_STYLES = {"both": "solid", "train": "dashed", "eval": "dotted", "sample": "bold"}

@@ -54,6 +54,7 @@ KINDS: dict[str, Kind] = {
         Kind("Labels", "Tensor", dtype="int64", doc="class indices"),
         Kind("Codes", "Labels", dtype="int64", doc="discrete code indices; `vocab V` after the dims: how many codes"),
         Kind("Noise", "Embedding", doc="random latent vectors drawn by a noise source (B Z)"),
+        Kind("Timesteps", "Tensor", dtype="int64", doc="diffusion timesteps, one integer in [0, T) per sample (B)"),
         Kind("ImageSizes", "Tensor", dtype="int64", doc="each image's (height, width) before padding (B 2)"),
         Kind("Scalar", "Tensor", doc="a 0-d tensor"),
         Kind("Loss", "Scalar", doc="a differentiable scalar to minimise"),

@@ -87,6 +87,17 @@ EXAMPLE_SIZES: dict[str, list[dict[str, Any]]] = {
     "pixelcnn_prior": [{"B": 2, "H": 4, "W": 5, "V": 8}],
     "transformer_prior": [{"B": 2, "H": 4, "W": 5, "V": 8}],
     "unit_range": [{"B": 2, "C": 1, "H": 4, "W": 4}],
+    "signed_range": [{"B": 2, "C": 1, "H": 4, "W": 4}],
+    # diffusion: schedules, the loss and conditioning, denoisers
+    "linear_schedule": [{"B": 2, "F": [1, 8, 8]}, {"B": 3, "F": [2]}, {"B": 2, "F": []}],
+    "scaled_linear_schedule": [{"B": 2, "F": [1, 8, 8]}, {"B": 3, "F": [2]}],
+    "cosine_schedule": [{"B": 2, "F": [1, 8, 8]}, {"B": 3, "F": [2]}],
+    "diffusion_loss": [{"B": 2, "F": [1, 8, 8]}, {"B": 3, "F": [2]}, {"B": 2, "F": []}],
+    "condition_dropout": [{"B": 5}],
+    "latent_scale": [{"B": 4, "D": 20}, {"B": 2, "D": 3}],
+    "unet_denoiser": [{"B": 2, "C": 1, "H": 28, "W": 28}, {"B": 1, "C": 3, "H": 2, "W": 10}],
+    "dit_denoiser": [{"B": 2, "C": 1, "H": 28, "W": 28}, {"B": 1, "C": 3, "H": 2, "W": 6}],
+    "mlp_denoiser": [{"B": 3, "D": 2}, {"B": 1, "D": 20}],
 }  # fmt: skip
 
 # Required parameters (and a few non-defaults worth exercising).
@@ -125,6 +136,13 @@ EXAMPLE_PARAMS: dict[str, dict[str, Any]] = {
     "fsq": {"levels": [3, 2, 2], "num_codes": 12},
     "pixelcnn_prior": {"hidden": 8, "layers": 2, "kernel": 3},
     "transformer_prior": {"d_model": 8, "heads": 2, "layers": 1},
+    "linear_schedule": {"steps": 10},
+    "scaled_linear_schedule": {"steps": 10, "prediction": "x0"},
+    "cosine_schedule": {"steps": 10, "prediction": "v", "min_snr_gamma": 5.0},
+    "condition_dropout": {"p": 0.5},
+    "unet_denoiser": {"channels": 8, "channel_mults": [1, 2], "groups": 4, "num_classes": 3, "dropout": 0.1},
+    "dit_denoiser": {"patch_size": 2, "hidden": 16, "depth": 2, "heads": 2, "mlp_ratio": 2.0},
+    "mlp_denoiser": {"hidden": [8, 6], "time_dim": 8, "num_classes": 3},
 }
 
 
@@ -134,7 +152,11 @@ STRUCTURED = {"FeaturePyramid", "Boxes", "Targets", "Detections"}
 
 
 # Optional inputs the examples leave unconnected: a quantizer encodes latents or decodes codes, never both.
-UNCONNECTED = {q: {"codes"} for q in ("vector_quantizer", "vector_quantizer_ema", "gumbel_quantizer", "fsq")}
+# latent_scale scales ``x`` or unscales ``scaled``, never both; the examples build an unconditional DiT.
+UNCONNECTED = {q: {"codes"} for q in ("vector_quantizer", "vector_quantizer_ema", "gumbel_quantizer", "fsq")} | {
+    "latent_scale": {"scaled"},
+    "dit_denoiser": {"y"},
+}
 
 
 # Inputs no gradient reaches: read only for their size (upsampling to the image's size), or only under an option
@@ -266,7 +288,8 @@ def test_gradients_reach_every_parameter(contract: Contract, obj: Any) -> None:
             total = total + value.log_prob(value.sample()).sum()
         elif value.is_floating_point():
             total = total + value.sum()
-    total.backward()
+    if total.requires_grad:  # integer outputs only (condition_dropout): nothing to differentiate, no parameters
+        total.backward()
     for name, param in module.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), f"{contract.name}: no gradient for {name}"
     for port, x in zip([p for p in contract.inputs if not KINDS[parse_port_type(p.type).kind].static], inputs,
@@ -277,9 +300,11 @@ def test_gradients_reach_every_parameter(contract: Contract, obj: Any) -> None:
 
 # torchvision's own trunks export fine; one ResNet and one MobileNet stand for the rest to keep the suite fast.
 EXPORT_COVERED_BY_SIBLING = {"resnet34", "resnet50", "resnet50_os8", "mobilenet_v3_large"}
-# Blocks whose eval forward draws (an interpolation point) or loops over the data (a prior filling unknown
-# codes one by one): torch.export cannot trace them, and the lowered fx programs treat them as leaf calls.
-NOT_EXPORTABLE = {"random_interpolate", "random_interpolate_image", "pixelcnn_prior", "transformer_prior"}
+# Blocks whose eval forward draws (an interpolation point, a schedule's timesteps and noise) or loops over the data
+# (a prior filling unknown codes one by one): torch.export cannot trace them, or its program draws other numbers
+# than the eager call; the lowered fx programs treat them as leaf calls.
+NOT_EXPORTABLE = {"random_interpolate", "random_interpolate_image", "pixelcnn_prior", "transformer_prior",
+                  "linear_schedule", "scaled_linear_schedule", "cosine_schedule"}  # fmt: skip
 
 
 def tensor_only(contract: Contract) -> bool:

@@ -12,7 +12,8 @@ FAMILY_MODULES = ["blocks.layers", "blocks.backbones", "blocks.heads", "blocks.l
                   "blocks.detection.anchors", "blocks.detection.retinanet", "blocks.detection.rpn",
                   "blocks.detection.roi_heads", "blocks.detection.fcos", "blocks.detection.ssd",
                   "blocks.detection.yolo", "blocks.detection.detr", "blocks.detection.postprocess",
-                  "blocks.adversarial", "blocks.gan", "blocks.vae", "blocks.quantizers", "blocks.priors"]  # fmt: skip
+                  "blocks.adversarial", "blocks.gan", "blocks.vae", "blocks.quantizers", "blocks.priors",
+                  "blocks.diffusion", "blocks.denoisers"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", FAMILY_MODULES)
