@@ -283,16 +283,32 @@ def eval_cmd(
 @click.option("--class", "label", type=int, help="Class of every sample (conditional models; default: cycle).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Priors over codes: logit scale.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise and of the sampler.")
+@click.option("--sampler", "sampler_type", type=click.Choice(["ddpm", "ddim"]), help="Diffusion: the sampler.")
+@click.option("--steps", type=click.IntRange(min=1), help="Diffusion: denoising steps (ddpm: all; ddim: 50).")
+@click.option("--eta", type=click.FloatRange(0, 1), help="DDIM: 0 deterministic, 1 as noisy as DDPM.")
+@click.option("--guidance", type=click.FloatRange(min=0), help="Diffusion: classifier-free guidance scale w.")
+@click.option("--inpaint", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Diffusion: a PNG to complete (RePaint) where --mask is black.")  # fmt: skip
+@click.option("--mask", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="PNG of the image's size: white pixels are kept, black ones drawn.")  # fmt: skip
+@click.option("--no-ema", is_flag=True, help="Use the raw weights, not the run's average.")
 @click.option("-o", "--output", default=Path("samples.png"), show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="PNG to write (and .pt).")  # fmt: skip
-def sample(run: Path, count: int, label: int | None, temperature: float | None, seed: int, output: Path) -> None:
+def sample(
+    run: Path, count: int, label: int | None, temperature: float | None, seed: int, sampler_type: str | None,
+    steps: int | None, eta: float | None, guidance: float | None, inpaint: Path | None, mask: Path | None,
+    no_ema: bool, output: Path,
+) -> None:  # fmt: skip
     """Draw samples from RUN's last checkpoint: whatever its spec's `samples` output defines (a GAN's generator,
-    a VAE's decoder on prior noise, a prior over codes decoded by a frozen decoder)."""
+    a VAE's decoder on prior noise, a prior over codes decoded by a frozen decoder, a diffusion model's sampler
+    over its denoiser: `--sampler ddim --steps 50 --guidance 3 --class 7`)."""
     from dagcv.train.sampling import sample_run
 
     if not (run / "spec.resolved.yaml").exists():
         raise click.UsageError(f"{run} is no run directory (no spec.resolved.yaml)")
-    result = sample_run(run, output, count, seed=seed, label=label, temperature=temperature)
+    sampler = {"type": sampler_type, "steps": steps, "eta": eta, "guidance": guidance}
+    result = sample_run(run, output, count, seed=seed, label=label, temperature=temperature, sampler=sampler,
+                        inpaint=inpaint, mask=mask, use_ema=not no_ema, progress=True)  # fmt: skip
     click.echo(f"wrote {result['image']} and {result['tensors']}: {count} samples, seed {seed}")
 
 

@@ -91,6 +91,21 @@ def _static_input(sg: SpecGraph, name: str) -> bool:
     return port_type is not None and KINDS[port_type.kind].static
 
 
+def program_output(sg: SpecGraph, name: str) -> tuple[str, str]:
+    """What a program output names: a spec output, else a block's output written as in the spec (``node`` for
+    its first output port, ``node.port``): a sampler's ``denoise`` program computes the denoiser's output, which
+    no spec lists among its outputs."""
+    if name in sg.outputs:
+        return sg.outputs[name]
+    node, _, port = name.partition(".")
+    if node not in sg.g or sg.node(node)["kind"] != "block" or "contract" not in sg.node(node):
+        raise KeyError(f"no spec output or block {name!r}; outputs: {', '.join(sg.outputs)}")
+    ports = [p.name for p in sg.node(node)["contract"].outputs]
+    if port and port not in ports:
+        raise KeyError(f"block '{node}' has no output port '{port}'; ports: {', '.join(ports)}")
+    return node, port or ports[0]
+
+
 def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None, given: Sequence[str] = ()) -> Program:
     """The straight-line program of ``mode``: every node of that mode and every spec output, or, given
     ``outputs`` (spec output names), only those outputs and the nodes they depend on (a *named program*: a loop's
@@ -103,7 +118,8 @@ def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None,
     used: set[Value] = set()
     needed: set[Value] = set()  # values some required port reads; an input read only by optional ports may be None
     given = [sg.outputs[g][0] if g in sg.outputs else g for g in given]  # spec outputs name their nodes
-    wanted = None if outputs is None else sg.upstream([sg.outputs[o][0] for o in outputs], stop=given)
+    targets = sg.outputs if outputs is None else {o: program_output(sg, o) for o in outputs}
+    wanted = None if outputs is None else sg.upstream([node for node, _ in targets.values()], stop=given)
     for name in sg.order():
         data = sg.node(name)
         if data["kind"] != "block" or mode not in MODES[data["mode"]] or data["contract"].is_source:
@@ -120,8 +136,8 @@ def make_program(sg: SpecGraph, mode: str, outputs: Sequence[str] | None = None,
         used.update(a for a in args if a is not None)
         needed.update(a for a, p in zip(args, ports, strict=False) if a is not None and not p.parsed.optional)
         program.steps.append(Step(name, args, multi=len(contract.outputs) > 1, target=data.get("shares", name)))
-    for out, (node, port) in sg.outputs.items():
-        if mode in MODES[sg.node(node)["mode"]] and (outputs is None or out in outputs):
+    for out, (node, port) in targets.items():
+        if mode in MODES[sg.node(node)["mode"]]:
             program.outputs[out] = Value(node, port)
             used.add(Value(node, port))
             needed.add(Value(node, port))
@@ -197,7 +213,8 @@ class DagModule(nn.Module):
         return self._graph_modules[mode or ("train" if self.training else "eval")]
 
     def program(self, outputs: Sequence[str], mode: str = "eval", given: Sequence[str] = ()) -> fx.GraphModule:
-        """The named program computing ``outputs`` (spec output names) from what they need, lowered once.
+        """The named program computing ``outputs`` (spec output names, or blocks' outputs: see
+        :func:`program_output`) from what they need, lowered once.
 
         All programs call this module's children, so they share parameters, optimizer state and state_dict keys::
 
@@ -207,9 +224,6 @@ class DagModule(nn.Module):
         key = (tuple(outputs), mode, tuple(given))
         if key not in self._programs:
             assert self._sg is not None, "a DagModule made by lower() knows its graph"
-            unknown = [o for o in outputs if o not in self._sg.outputs]
-            if unknown:
-                raise KeyError(f"no spec output {unknown[0]!r}; outputs: {', '.join(self._sg.outputs)}")
             program = make_program(self._sg, mode, outputs, given)
             self._programs[key] = to_fx(program, self, f"{class_name_for(self.spec_name)}Program")
         return self._programs[key]

@@ -25,6 +25,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, m
 
 _STRICT = ConfigDict(extra="forbid")
 
+# The output a generative spec draws its samples through (`dagcv sample`, the loops' per-epoch grids).
+SAMPLES = "samples"
+
 
 def _weights_of_list(value: Any) -> Any:
     """``[a, b]`` → ``{a: 1.0, b: 1.0}``; anything else is left for pydantic to accept or reject."""

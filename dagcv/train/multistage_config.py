@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, model_validator
 from dagcv.errors import did_you_mean
 from dagcv.spec.ir import IDENTIFIER
 from dagcv.train.config import _STRICT, LossWeights, OptimizerConfig, RunConfig, ScheduleConfig
+from dagcv.train.diffusion_config import EmaConfig, SamplerConfig, check_diffusion_graph
 
 
 class StageConfig(BaseModel):
@@ -44,6 +45,7 @@ class StageConfig(BaseModel):
     optimizer: OptimizerConfig
     schedule: ScheduleConfig | None = None
     grad_clip: float | None = Field(default=None, gt=0)
+    ema: EmaConfig | None = Field(default=None, description="average this stage's weights (used for sampling)")
 
     @model_validator(mode="after")
     def _budget(self) -> StageConfig:
@@ -63,6 +65,7 @@ class MultistageConfig(RunConfig):
     log_every: int = Field(default=50, gt=0, description="steps between logged training losses")
     checkpoint_every: int | None = Field(default=None, gt=0, description="steps between checkpoints (default: epoch)")
     samples: int = Field(default=64, ge=0, description="images in the grid drawn after every epoch of the last stage")
+    sampler: SamplerConfig | None = Field(default=None, description="a diffusion stage: how samples are drawn")
 
     PROGRAMS: ClassVar[tuple[str, ...]] = ()
 
@@ -113,6 +116,7 @@ def check_multistage(sg: Any, cfg: MultistageConfig, splits: dict | None) -> Non
         return  # a wrong name above, or a graph with errors: the checks below would only repeat them
     for i in range(len(cfg.stages)):
         _check_stage_reads(sg, cfg, i, stage_of)
+    check_diffusion_graph(sg, cfg.sampler, ("train", "sampler"), required=False)
 
 
 def _check_stage_reads(sg: Any, cfg: MultistageConfig, i: int, stage_of: dict[str, int]) -> None:

@@ -12,6 +12,8 @@ priors that fill one. Anything else it would need is a clear error, not a guess.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,7 @@ import torch
 from dagcv.errors import SpecError
 from dagcv.graph import SpecGraph
 from dagcv.lower import DagModule, program_arguments
-
-SAMPLES = "samples"
+from dagcv.train.config import SAMPLES
 
 
 class CannotSample(SpecError):
@@ -41,14 +42,12 @@ def sample_program(model: DagModule, sg: SpecGraph) -> Any:
 
 
 def class_count(sg: SpecGraph, label_input: str) -> int | None:
-    """How many classes the blocks reading ``label_input`` know (their ``num_classes``), if they say."""
-    counts = {sg.node(v).get("params", {}).get("num_classes") for v, _ in _consumers(sg, label_input)}
+    """How many classes the blocks reading ``label_input`` know (their ``num_classes``), if they say; labels
+    may pass through blocks that do not (``condition_dropout``) on their way."""
+    readers = sg.downstream([label_input]) - {label_input}
+    counts = {sg.node(v).get("params", {}).get("num_classes") for v in readers if sg.node(v)["kind"] == "block"}
     counts.discard(None)
     return min(counts) if counts else None  # type: ignore[type-var]
-
-
-def _consumers(sg: SpecGraph, node: str) -> list[tuple[str, str]]:
-    return [(v, d["dst_port"]) for _, v, d in sg.g.out_edges(node, data=True)]
 
 
 def noise_sources(objects: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +78,7 @@ def sampling_arguments(
             continue
         kind = sg.node(arg).get("type").kind if arg in sg.spec.inputs and sg.node(arg).get("type") else None
         if kind == "Labels":
-            args[arg] = _labels(sg, arg, n, label).to(device)
+            args[arg] = class_labels(sg, arg, n, label).to(device)
             continue
         raise CannotSample.at(
             sg.spec.source.key("inputs", arg) if arg in sg.spec.inputs else sg.spec.source.key("outputs", SAMPLES),
@@ -89,7 +88,8 @@ def sampling_arguments(
     return args
 
 
-def _labels(sg: SpecGraph, arg: str, n: int, label: int | None) -> torch.Tensor:
+def class_labels(sg: SpecGraph, arg: str, n: int, label: int | None) -> torch.Tensor:
+    """``n`` labels for the Labels input ``arg``: all ``label``, or cycling through the classes."""
     classes = class_count(sg, arg)
     if label is None:
         if classes is None:
@@ -113,11 +113,23 @@ def draw(
     label: int | None = None,
     temperature: float | None = None,
     device: torch.device | str = "cpu",
+    sampler: Any = None,
+    callback: Any = None,
+    inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``n`` samples of the compiled model (weights as they are), in eval mode; the model's mode is restored."""
+    """``n`` samples of the compiled model (weights as they are), in eval mode; the model's mode is restored.
+
+    A diffusion graph is sampled by ``sampler`` (a :class:`~dagcv.train.diffusion_config.SamplerConfig`;
+    default DDIM with 50 steps), reporting each step to ``callback(i, total)``; ``inpaint`` is (image, mask)."""
+    from dagcv.train.diffusion_config import SamplerConfig, diffusion_parts
+
     model, sg = compiled.module, compiled.built.sg
-    program = sample_program(model, sg)
-    args = sampling_arguments(program, sg, compiled.built.objects, n, seed=seed, label=label, device=device)
+    parts = diffusion_parts(sg)
+    if parts is None:
+        program = sample_program(model, sg)
+        args = sampling_arguments(program, sg, compiled.built.objects, n, seed=seed, label=label, device=device)
+    else:
+        sample_program(model, sg)  # no `samples` output: say so
     was_training = model.training
     tempered = [m for m in model.modules() if hasattr(m, "temperature")]
     saved = [m.temperature for m in tempered]
@@ -128,12 +140,16 @@ def draw(
                 m.temperature = temperature
         with torch.random.fork_rng(devices=[]):  # a training run's own random stream is left as it was
             torch.manual_seed(seed)  # priors that sample inside their forward draw from the global RNG
-            out = program(**args)[SAMPLES]
+            if parts is None:
+                return program(**args)[SAMPLES]
+            from dagcv.train.diffusion import generate
+
+            return generate(compiled, parts, n, seed=seed, label=label, sampler=sampler or SamplerConfig(),
+                            device=device, callback=callback, inpaint=inpaint)  # fmt: skip
     finally:
         model.train(was_training)
         for m, t in zip(tempered, saved, strict=True):
             m.temperature = t
-    return out
 
 
 def save_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None) -> None:
@@ -186,25 +202,103 @@ def sample_run(
     seed: int = 0,
     label: int | None = None,
     temperature: float | None = None,
+    sampler: dict[str, Any] | None = None,
+    inpaint: Path | None = None,
+    mask: Path | None = None,
+    use_ema: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """``dagcv sample RUN``: ``n`` samples of the run's last checkpoint as a PNG (a grid of images, or a
-    scatter plot of 2-D points) and the tensors beside it (``<output>.pt``)."""
+    scatter plot of 2-D points) and the tensors beside it (``<output>.pt``).
+
+    A diffusion model is sampled with the run's ``train.sampler`` settings updated by ``sampler`` (``type``,
+    ``steps``, ``eta``, ``guidance``: the CLI's flags), with the averaged weights when the run kept them (unless
+    ``use_ema`` is False), optionally inpainting the PNG ``inpaint`` where the PNG ``mask`` is black."""
     from dagcv.compiler import compile_spec
     from dagcv.files import atomic_file
     from dagcv.spec import load_spec
     from dagcv.train.checkpoint import load_checkpoint
+    from dagcv.train.diffusion_config import diffusion_parts
 
     spec = load_spec(run / "spec.resolved.yaml")
     compiled = compile_spec(spec)
-    sample_program(compiled.module, compiled.built.sg)  # no sampler: say so before loading anything
+    sg = compiled.built.sg
+    sample_program(compiled.module, sg)  # no sampler: say so before loading anything
+    parts = diffusion_parts(sg)
+    flags = {k: v for k, v in (sampler or {}).items() if v is not None}
+    if parts is None and (flags or inpaint or mask):
+        given = ", ".join("--sampler" if k == "type" else f"--{k}" for k in flags) or "--inpaint"
+        raise CannotSample.at(None, f"{given}: '{spec.name}' is not a diffusion model",
+                              hint="sampler settings and inpainting apply to models with a noise schedule")  # fmt: skip
+    settings = _sampler_settings(spec, flags, inpaint is not None) if parts is not None else None
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    compiled.module.load_state_dict(state["model"], strict=True)
+    averaged = (state.get("loop") or {}).get("ema")
+    compiled.module.load_state_dict(averaged["average"] if use_ema and averaged else state["model"], strict=True)
     if temperature is not None and not any(hasattr(m, "temperature") for m in compiled.module.modules()):
         raise CannotSample.at(None, f"--temperature: nothing in '{spec.name}' samples with a temperature",
                               hint="temperature scales the logits of a prior over codes")  # fmt: skip
-    images = draw(compiled, n, seed=seed, label=label, temperature=temperature)
+    painted = _inpainting_pair(inpaint, mask, sg, parts) if inpaint is not None or mask is not None else None
+    with _progress_bar(progress) as callback:
+        images = draw(compiled, n, seed=seed, label=label, temperature=temperature, sampler=settings,
+                      callback=callback, inpaint=painted)  # fmt: skip
     save_samples(images, output)
     tensors = output.with_suffix(".pt")
+    record = {"seed": seed, "label": label, "temperature": temperature,
+              "sampler": settings.model_dump() if settings else None, "ema": bool(use_ema and averaged)}  # fmt: skip
     with atomic_file(tensors) as f:
-        torch.save({"samples": images.cpu(), "seed": seed, "label": label, "temperature": temperature}, f)
-    return {"image": str(output), "tensors": str(tensors), "shape": list(images.shape), "seed": seed}
+        torch.save({"samples": images.cpu(), **record}, f)
+    return {"image": str(output), "tensors": str(tensors), "shape": list(images.shape), **record}
+
+
+def _sampler_settings(spec: Any, flags: dict[str, Any], inpainting: bool) -> Any:
+    """The run's ``train.sampler`` with the CLI's flags applied (inpainting: DDPM unless told otherwise)."""
+    from pydantic import ValidationError
+
+    from dagcv.train.diffusion_config import SamplerConfig
+
+    base = (spec.train or {}).get("sampler") or {}
+    if inpainting and "type" not in flags:
+        base = {k: v for k, v in base.items() if k not in ("type", "steps", "eta")} | {"type": "ddpm"}
+    try:
+        settings = SamplerConfig.model_validate({**base, **flags})
+    except ValidationError as exc:
+        raise CannotSample.at(None, f"sampler settings: {exc.errors()[0]['msg']}") from None
+    if inpainting and settings.type != "ddpm":
+        raise CannotSample.at(None, f"--inpaint runs RePaint on the ddpm sampler, not {settings.type}",
+                              hint="drop --sampler, or pass --sampler ddpm (with fewer --steps for speed)")  # fmt: skip
+    return settings
+
+
+def _inpainting_pair(image: Path | None, mask: Path | None, sg: SpecGraph, parts: Any) -> tuple:
+    """(image, mask) read from PNGs at the model's data size, in [0, 1]; mask 1 (white) where the image is kept."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    if image is None or mask is None:
+        raise CannotSample.at(None, "inpainting needs both --inpaint IMAGE and --mask MASK",
+                              hint="white mask pixels keep the image, black ones are drawn")  # fmt: skip
+    node, port = parts.data
+    dims = [d.value for d in sg.node(node)["shapes"][port]]
+    channels = dims[1] if len(dims) == 4 else None
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    pixels = decode_image(str(image), mode=mode).float().div(255).unsqueeze(0)
+    holes = decode_image(str(mask), mode=ImageReadMode.GRAY).float().div(255).unsqueeze(0)
+    if holes.shape[-2:] != pixels.shape[-2:]:
+        raise CannotSample.at(None, f"--mask is {holes.shape[-1]}×{holes.shape[-2]} pixels but --inpaint is "
+                              f"{pixels.shape[-1]}×{pixels.shape[-2]}",
+                              hint="give a mask of the image's size")  # fmt: skip
+    return pixels, (holes > 0.5).float()
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    """A callback ``(step, total)`` that advances a progress bar on stderr (or does nothing)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = ("sampling", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("sampling", total=None)
+        yield lambda step, total: bar.update(task, completed=step, total=total)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagcv.train.config import RunConfig, SupervisedConfig
+from dagcv.train.diffusion_config import DiffusionConfig
 from dagcv.train.gan_config import GanConfig
 from dagcv.train.multistage_config import MultistageConfig
 from dagcv.train.rl_config import A2CConfig, PPOConfig, ReinforceConfig
@@ -119,4 +120,10 @@ register_loop(LoopInfo(
     "stages in order, each on its own blocks; later stages read frozen, cached outputs of earlier ones",
 ))  # fmt: skip
 
-PLANNED = ("diffusion", "episodic")
+register_loop(LoopInfo(
+    "diffusion", DiffusionConfig, "dagcv.train.loops.diffusion:DiffusionLoop",
+    "dagcv.train.diffusion_config:check_diffusion", "epochs or steps",
+    "minimise a denoising loss over batches of data, average the weights, draw samples with DDPM or DDIM",
+))  # fmt: skip
+
+PLANNED = ("episodic",)

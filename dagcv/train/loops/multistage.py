@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from dagcv.files import atomic_file
 from dagcv.lower import program_arguments
 from dagcv.train.context import RunContext, RunResult, check_finite
 from dagcv.train.data import TensorLoader, move_to, open_split
+from dagcv.train.ema import WeightAverage
 from dagcv.train.multistage_config import MultistageConfig, StageConfig
 from dagcv.train.optim import make_optimizer, make_scheduler
 from dagcv.train.sampling import SAMPLES, draw
@@ -83,6 +85,8 @@ class MultistageLoop:
         self.epochs = stage.epochs or math.ceil(self.total / per_epoch)
         self.optimizer = make_optimizer(stage.optimizer, self.params)
         self.scheduler = make_scheduler(stage.schedule, self.optimizer, self.total)
+        ema = stage.ema
+        self.ema = WeightAverage(self.model, decay=ema.decay, warmup=ema.warmup) if ema else None
 
     def _cached_loader(self, stage: StageConfig, frozen: list[str]) -> TensorLoader:
         path = self.ctx.run_dir / "cache" / f"{stage.name}-{weights_hash(self.model, frozen)[:16]}.pt"
@@ -132,6 +136,7 @@ class MultistageLoop:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -142,6 +147,8 @@ class MultistageLoop:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
 
     def save(self, name: str = "last.pt") -> None:
         self.ctx.save(self.model, self.state_dict(), name)
@@ -189,6 +196,8 @@ class MultistageLoop:
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.stage_step += 1
             self.step += 1
             self.batch_in_epoch += 1
@@ -218,6 +227,8 @@ class MultistageLoop:
         progress.epoch_line(record, self.epochs)
         last_stage = self.stage + 1 == len(self.cfg.stages)
         if last_stage and SAMPLES in self.sg.outputs and self.cfg.samples > 0:
-            images = draw(self.compiled, self.cfg.samples, seed=self.cfg.seed, device=self.device)
+            with self.ema.swapped_into(self.model) if self.ema is not None else nullcontext():
+                images = draw(self.compiled, self.cfg.samples, seed=self.cfg.seed, device=self.device,
+                              sampler=self.cfg.sampler)  # fmt: skip
             self.ctx.save_images(f"samples_{stage.name}_epoch{math.ceil(epoch):03d}.png", images)
         self.save()

@@ -125,6 +125,7 @@ class SupervisedLoop:
             losses = self.stepper.step(batch, self.step + 1)  # raises before touching the counters on a NaN
             self.step += 1
             self.batch_in_epoch += 1
+            self.after_step()
             for k, v in losses.items():
                 sums[k] = sums[k] + v if k in sums else v
             count += 1
@@ -160,13 +161,19 @@ class SupervisedLoop:
             record.update({f"{self.cfg.eval_split}/{k}": v for k, v in self.evaluate().items()})
         self.ctx.log(record)
         progress.epoch_line(record, self.epochs)
-        if SAMPLES in self.compiled.built.sg.outputs:  # a generative model (a VAE): a grid of its samples per epoch
-            images = draw(self.compiled, 64, seed=self.cfg.seed, device=self.device)
-            self.ctx.save_images(f"samples_epoch{math.ceil(epoch):03d}.png", images)
+        if SAMPLES in self.compiled.built.sg.outputs and getattr(self.cfg, "samples", 64) > 0:  # a VAE: a grid
+            self.ctx.save_images(f"samples_epoch{math.ceil(epoch):03d}.png", self.draw_samples())
         stop = self._early_stopping(record)
         if self.cfg.checkpoint_every is None or self.step % self.cfg.checkpoint_every:
             self.save()
         return stop
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (a subclass averages weights here)."""
+
+    def draw_samples(self) -> torch.Tensor:
+        """The grid drawn after every epoch of a model with a ``samples`` output."""
+        return draw(self.compiled, 64, seed=self.cfg.seed, device=self.device)
 
     def _early_stopping(self, record: dict[str, Any]) -> bool:
         es = self.cfg.early_stopping
