@@ -61,7 +61,7 @@ images: setup
 	$(VENV)/bin/dagcv render specs/retinanet_r50_fpn.yaml -o docs/img/retinanet_r50_fpn.svg
 	for s in ppo_cartpole ppo_pendulum a2c_cartpole reinforce_cartpole bc_cartpole \
 	  wgan_gp_8gaussians dcgan_mnist wgan_gp_mnist cgan_mnist pix2pix_edges2digits cyclegan_digits \
-	  vae_mnist vqvae_prior_mnist dvae_mnist; do \
+	  vae_mnist vqvae_prior_mnist dvae_mnist ddpm_8gaussians ddpm_mnist dit_mnist cfg_mnist ldm_mnist; do \
 	  $(VENV)/bin/dagcv render specs/$$s.yaml -o docs/img/$$s.svg || exit 1; done
 
 bench: setup
