@@ -123,3 +123,20 @@ def test_torch_export_matches_eager(spec) -> None:
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x)["logits"], model(x)["logits"], atol=1e-6, rtol=0)
+
+
+def test_a_program_may_compute_a_block_output_that_no_spec_output_names(at_root) -> None:
+    """A sampler's `denoise` program: the denoiser's output, cut at the schedule, so x_t and t are its arguments."""
+    from dagcv.lower import program_arguments
+
+    model = compile_file("specs/cfg_mnist.yaml").module.eval()
+    denoise = model.program(["denoiser"], "eval", given=["noising"])
+    assert program_arguments(denoise) == ["noising_t", "noising_x_t", "label"]  # cut values sort by port
+    x, t, y = torch.randn(2, 1, 28, 28), torch.tensor([3, 900]), torch.tensor([1, -1])
+    by_hand = model.denoiser(x, t, model.cond(y))
+    assert torch.equal(denoise(noising_x_t=x, noising_t=t, label=y)["denoiser"], by_hand)
+    assert set(model.program(["noising.snr"], "eval")(image=torch.rand(2, 1, 28, 28))) == {"noising.snr"}
+    with pytest.raises(KeyError, match="no spec output or block 'decoder'"):
+        model.program(["decoder"])
+    with pytest.raises(KeyError, match="block 'noising' has no output port 'eps'"):
+        model.program(["noising.eps"])

@@ -39,10 +39,9 @@ from dagcv.compiler import compile_spec  # noqa: E402
 from dagcv.spec import load_spec  # noqa: E402
 from dagcv.train.checkpoint import load_checkpoint  # noqa: E402
 from dagcv.train.diffusion_config import SamplerConfig, diffusion_parts  # noqa: E402
-from dagcv.train.runner import Options, train_spec  # noqa: E402
 from dagcv.train.sample_quality import load_feature_net, sample_quality  # noqa: E402
 from dagcv.train.sampling import draw  # noqa: E402
-from tools.bench_generative import digits  # noqa: E402
+from tools.bench_generative import digits, train  # noqa: E402
 
 SPECS = ["ddpm_mnist", "dit_mnist", "cfg_mnist", "ldm_mnist"]
 FLD_NET = ROOT / "runs" / "fld_net.pt"
@@ -52,15 +51,6 @@ SAMPLERS = {
     "DDIM-10": SamplerConfig(type="ddim", steps=10),
 }
 GUIDANCE = (0.0, 1.0, 3.0)
-
-
-def train(name: str, runs: Path, reuse: bool) -> tuple[Path, float | None]:
-    run = runs / name
-    if reuse and (run / "checkpoints" / "last.pt").is_file():
-        return run, None
-    start = time.perf_counter()
-    train_spec(load_spec(ROOT / "specs" / f"{name}.yaml"), Options(run_dir=run, quiet=True))
-    return run, time.perf_counter() - start
 
 
 def averaged(run: Path):

@@ -17,10 +17,10 @@ from dagcv.spec import load_spec
 from dagcv.train.checkpoint import load_checkpoint
 from dagcv.train.diffusion import data_shape, decode
 from dagcv.train.diffusion_config import SamplerConfig, diffusion_parts
-from dagcv.train.runner import Options, make_loop, resume_run, train_spec
+from dagcv.train.runner import Options, train_spec
 from dagcv.train.sampling import draw
 from tests.conftest import ROOT
-from tests.train.test_generative import RANDOM_DIGITS, _die_after, dagcv, records
+from tests.train.test_generative import RANDOM_DIGITS, dagcv, records, straight_and_resumed
 
 GAUSSIANS = ROOT / "specs" / "ddpm_8gaussians.yaml"
 CFG = ROOT / "specs" / "cfg_mnist.yaml"
@@ -63,15 +63,7 @@ def test_the_average_is_kept_saved_and_resumed_exactly(tmp_path: Path) -> None:
     """A run killed after a checkpoint resumes to the uninterrupted run's weights and averaged weights."""
     overrides = [*TINY_RUN, *TINY_UNET, "train.steps=6", "train.checkpoint_every=2", "train.log_every=1",
                  "train.ema={decay: 0.9}"]  # fmt: skip
-    spec = load_spec(CFG, overrides)
-    train_spec(spec, Options(run_dir=tmp_path / "straight", quiet=True))
-    loop = make_loop(spec, Options(run_dir=tmp_path / "killed", quiet=True))
-    loop.ctx.write_header(loop.compiled.files()["spec.resolved.yaml"])
-    _die_after(loop, lambda lp: lp.step == 4)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run()
-    resume_run(tmp_path / "killed", Options(quiet=True))
-    a, b = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("straight", "killed"))
+    a, b = straight_and_resumed(load_spec(CFG, overrides), tmp_path, kill_at=4)
     assert a["loop"]["ema"]["updates"] == b["loop"]["ema"]["updates"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

@@ -99,19 +99,24 @@ def _die_after(loop, when) -> None:
     loop.save = save_then_die
 
 
+def straight_and_resumed(spec, tmp_path: Path, kill_at: int) -> tuple[dict, dict]:
+    """The last checkpoints of a run trained straight (``straight/``) and of one killed right after the checkpoint
+    at step ``kill_at``, then resumed (``killed/``)."""
+    train_spec(spec, Options(run_dir=tmp_path / "straight", quiet=True))
+    loop = make_loop(spec, Options(run_dir=tmp_path / "killed", quiet=True))
+    loop.ctx.write_header(loop.compiled.files()["spec.resolved.yaml"])
+    _die_after(loop, lambda lp: lp.step == kill_at)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    resume_run(tmp_path / "killed", Options(quiet=True))
+    return tuple(load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("straight", "killed"))
+
+
 def test_a_gan_run_killed_after_a_checkpoint_resumes_the_same_trajectory(tmp_path: Path) -> None:
     """Noise sources, both optimizers and the data position come back: the weights of the uninterrupted run."""
     overrides = [RANDOM_DIGITS, "train.epochs=null", "train.steps=6", "train.checkpoint_every=2", "train.log_every=1",
                  "blocks.generator.channels=8", "blocks.critic.channels=8"]  # fmt: skip
-    spec = load_spec(CGAN, overrides)
-    train_spec(spec, Options(run_dir=tmp_path / "straight", quiet=True))
-    loop = make_loop(spec, Options(run_dir=tmp_path / "killed", quiet=True))
-    loop.ctx.write_header(loop.compiled.files()["spec.resolved.yaml"])
-    _die_after(loop, lambda lp: lp.step == 4)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run()
-    resume_run(tmp_path / "killed", Options(quiet=True))
-    a, b = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("straight", "killed"))
+    a, b = straight_and_resumed(load_spec(CGAN, overrides), tmp_path, kill_at=4)
     assert a["loop"]["step"] == b["loop"]["step"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["train/d_loss"] for r in records(tmp_path / "straight")] == [
