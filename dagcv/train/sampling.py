@@ -12,7 +12,7 @@ priors that fill one. Anything else it would need is a clear error, not a guess.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from dagcv.errors import SpecError
 from dagcv.graph import SpecGraph
 from dagcv.lower import DagModule, program_arguments
 from dagcv.train.config import SAMPLES
+from dagcv.train.diffusion_config import SamplerConfig, diffusion_parts
 
 
 class CannotSample(SpecError):
@@ -113,16 +114,14 @@ def draw(
     label: int | None = None,
     temperature: float | None = None,
     device: torch.device | str = "cpu",
-    sampler: Any = None,
-    callback: Any = None,
+    sampler: SamplerConfig | None = None,
+    callback: Callable[[int, int], None] | None = None,
     inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``n`` samples of the compiled model (weights as they are), in eval mode; the model's mode is restored.
 
     A diffusion graph is sampled by ``sampler`` (a :class:`~dagcv.train.diffusion_config.SamplerConfig`;
     default DDIM with 50 steps), reporting each step to ``callback(i, total)``; ``inpaint`` is (image, mask)."""
-    from dagcv.train.diffusion_config import SamplerConfig, diffusion_parts
-
     model, sg = compiled.module, compiled.built.sg
     parts = diffusion_parts(sg)
     if parts is None:
@@ -218,7 +217,6 @@ def sample_run(
     from dagcv.files import atomic_file
     from dagcv.spec import load_spec
     from dagcv.train.checkpoint import load_checkpoint
-    from dagcv.train.diffusion_config import diffusion_parts
 
     spec = load_spec(run / "spec.resolved.yaml")
     compiled = compile_spec(spec)
@@ -250,11 +248,9 @@ def sample_run(
     return {"image": str(output), "tensors": str(tensors), "shape": list(images.shape), **record}
 
 
-def _sampler_settings(spec: Any, flags: dict[str, Any], inpainting: bool) -> Any:
+def _sampler_settings(spec: Any, flags: dict[str, Any], inpainting: bool) -> SamplerConfig:
     """The run's ``train.sampler`` with the CLI's flags applied (inpainting: DDPM unless told otherwise)."""
     from pydantic import ValidationError
-
-    from dagcv.train.diffusion_config import SamplerConfig
 
     base = (spec.train or {}).get("sampler") or {}
     if inpainting and "type" not in flags:
