@@ -158,6 +158,11 @@ class Sampler(ABC):
         x0, eps = self.schedule.split(output, x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+            # ε̂ re-derived from the clipped x̂_0, so that DDIM's two terms describe one x_0. With the denoiser's
+            # own ε̂ a guided step, whose x̂_0 often leaves the data range, is pushed back out of it: on cfg_mnist
+            # at w = 1 the samples' class accuracy fell from 79% (w = 0) to 40%. DDPM's mean does not read ε̂.
+            a_t = self.alpha_bar(t)
+            eps = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
         mean, std = self.moments(x0, eps, x, self.alpha_bar(t), self.alpha_bar(previous))
         if std == 0:  # deterministic, or the last step: draw nothing, so a seed's later draws stay put
             return mean
@@ -237,8 +242,8 @@ class DDPMSampler(Sampler):
 @register_sampler("ddim")
 class DDIMSampler(Sampler):
     """The DDIM sampler (Song et al., 2021): x_prev = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂ + σ z with
-    σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev), and ᾱ_prev = 1 after the last timestep. ε̂ is the one the
-    denoiser implies, not re-derived from the clipped x̂_0 (as diffusers' default).
+    σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev), and ᾱ_prev = 1 after the last timestep. When x̂_0 is clipped, ε̂
+    is re-derived from the clipped x̂_0 (diffusers' ``use_clipped_model_output=True``; see :meth:`Sampler.step`).
 
     Args:
         schedule: the schedule the denoiser was trained against.

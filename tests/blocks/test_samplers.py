@@ -191,7 +191,8 @@ def test_ddim_step_matches_diffusers(
         timesteps += [40, 20, 0]
     output, x, noise = step_inputs(dtype)
     for t in timesteps:
-        theirs = reference.step(output, t, x, eta=eta, variance_noise=noise).prev_sample
+        theirs = reference.step(output, t, x, eta=eta, variance_noise=noise, use_clipped_model_output=clip)
+        theirs = theirs.prev_sample
         assert_step_close(ours.step(output, t, x, noise=noise), theirs, t)
 
 
