@@ -303,6 +303,24 @@ def test_generative_sections_the_fuzzer_broke_are_errors(spec: str, override: st
     assert any(message in d.message for d in info.value.diagnostics), info.value.format()
 
 
+@pytest.mark.parametrize(
+    ("spec", "override", "message"),
+    [
+        ("cfg_mnist", "blocks.x0.type=pixelcnn_prior", "kind mismatch: image is Image but x0.codes expects Codes"),
+        ("cfg_mnist", "blocks.denoiser.num_classes=null", "reads class labels at 'y' but has no num_classes"),
+    ],
+)
+def test_diffusion_graphs_the_fuzzer_broke_are_errors(spec: str, override: str, message: str) -> None:
+    """Seed 1515 of tools/fuzz_specs.py: a schedule whose x0 no block fed crashed the diffusion check, and a
+    conditional denoiser left without num_classes passed check, then failed to build."""
+    from dagcv.compiler import check_spec
+    from dagcv.spec import load_spec
+
+    with pytest.raises(SpecError) as info:
+        check_spec(load_spec(ROOT / "specs" / f"{spec}.yaml", [override]))
+    assert any(message in d.message for d in info.value.diagnostics), info.value.format()
+
+
 def test_weights_must_be_a_torch_checkpoint(write_spec, tmp_path: Path) -> None:
     base = "dagcv: 1\nname: n\ninputs:\n  image: Image[B, 3, 32, 32]\nblocks:\n"
     base += "  trunk: {{type: resnet18, in: image, weights: {}}}\n"
