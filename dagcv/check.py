@@ -288,6 +288,26 @@ def check_checkpoints(sg: SpecGraph) -> None:
                          hint=f"{param} names a local file written by torch.save (a state_dict)")  # fmt: skip
 
 
+def check_class_conditioning(sg: SpecGraph) -> None:
+    """A block whose ``num_classes`` is left None has no class embedding: a class-label input wired into it would
+    fail when the block is built (an unconditional denoiser given ``y``)."""
+    for name in sg.blocks():
+        data = sg.node(name)
+        contract = data.get("contract")
+        decl = contract.param("num_classes") if contract else None
+        if decl is None:
+            continue
+        owner = data.get("shares") or name
+        if sg.node(owner).get("params", {}).get("num_classes", decl.default) is not None:
+            continue
+        wired = {d["dst_port"] for _, d in sg.in_edges(name)}
+        for port in (p for p in contract.inputs if p.name in wired and p.parsed.kind == "Labels"):
+            sg.error(f"'{name}' reads class labels at '{port.name}' but has no num_classes",
+                     sg.spec.source.key("blocks", owner), node=name, port=port.name,
+                     hint=f"set num_classes (a row of its class embedding per class), or leave '{port.name}' "
+                     "unconnected")  # fmt: skip
+
+
 def check_shared(sg: SpecGraph) -> None:
     """A node that shares another's module must size it alike: the arguments its inputs imply are the owner's."""
     for name in sg.blocks():

@@ -30,6 +30,7 @@ STATIC_PASSES: list[Pass] = [
     check.input_shapes,
     check.infer_shapes,
     check.check_shared,
+    check.check_class_conditioning,
     check.check_resources,
     check.check_checkpoints,
     check_training,

@@ -308,16 +308,18 @@ def test_generative_sections_the_fuzzer_broke_are_errors(spec: str, override: st
     [
         ("cfg_mnist", "blocks.x0.type=pixelcnn_prior", "kind mismatch: image is Image but x0.codes expects Codes"),
         ("cfg_mnist", "blocks.denoiser.num_classes=null", "reads class labels at 'y' but has no num_classes"),
+        ("cfg_mnist", "blocks.denoiser.num_classes=null train=null data=null", "has no num_classes"),
     ],
 )
 def test_diffusion_graphs_the_fuzzer_broke_are_errors(spec: str, override: str, message: str) -> None:
     """Seed 1515 of tools/fuzz_specs.py: a schedule whose x0 no block fed crashed the diffusion check, and a
-    conditional denoiser left without num_classes passed check, then failed to build."""
+    conditional denoiser left without num_classes passed check, then failed to build (with or without a train:
+    section: the check is a graph pass)."""
     from dagcv.compiler import check_spec
     from dagcv.spec import load_spec
 
     with pytest.raises(SpecError) as info:
-        check_spec(load_spec(ROOT / "specs" / f"{spec}.yaml", [override]))
+        check_spec(load_spec(ROOT / "specs" / f"{spec}.yaml", override.split()))
     assert any(message in d.message for d in info.value.diagnostics), info.value.format()
 
 

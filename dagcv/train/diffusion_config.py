@@ -160,13 +160,6 @@ def _check_denoiser(sg: Any, parts: DiffusionParts) -> None:
         sg.error(f"denoiser '{node}' does not read the timestep `{parts.schedule}.t`",
                  smap.key("blocks", node), node=node,
                  hint=f"wire `t: {parts.schedule}.t`: a denoiser must know how noisy its input is")  # fmt: skip
-    contract, params = sg.node(node)["contract"], sg.node(node).get("params", {})
-    labels = [p.name for p in contract.inputs if p.name in wired and p.parsed.kind == "Labels"]
-    if labels and contract.param("num_classes") and params.get("num_classes") is None:
-        sg.error(f"denoiser '{node}' reads class labels at '{labels[0]}' but has no num_classes",
-                 smap.key("blocks", node), node=node, port=labels[0],
-                 hint="set num_classes (its class embedding has a row per class and one for no class), or "
-                 f"leave '{labels[0]}' unconnected")  # fmt: skip
     x_port = next(p for p, src in wired.items() if src == (parts.schedule, "x_t"))
     shape_in = (sg.node(parts.schedule).get("shapes") or {}).get("x_t")
     outputs = [p.name for p in sg.node(node)["contract"].outputs]
