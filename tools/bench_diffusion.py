@@ -41,7 +41,7 @@ from dagcv.spec import load_spec  # noqa: E402
 from dagcv.train.checkpoint import load_checkpoint  # noqa: E402
 from dagcv.train.diffusion_config import SamplerConfig, diffusion_parts  # noqa: E402
 from dagcv.train.sample_quality import load_feature_net, sample_quality  # noqa: E402
-from dagcv.train.sampling import draw  # noqa: E402
+from dagcv.train.sampling import draw, run_weights  # noqa: E402
 from tools.bench_generative import digits, train  # noqa: E402
 
 SPECS = ["ddpm_mnist", "dit_mnist", "cfg_mnist", "ldm_mnist"]
@@ -59,9 +59,7 @@ GUIDANCE = (0.0, 1.0, 3.0)
 def averaged(run: Path):
     """The compiled spec of a run with its averaged weights (the raw ones when it kept no average)."""
     compiled = compile_spec(load_spec(run / "spec.resolved.yaml"))
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    ema = (state.get("loop") or {}).get("ema")
-    compiled.module.load_state_dict(ema["average"] if ema else state["model"])
+    compiled.module.load_state_dict(run_weights(load_checkpoint(run / "checkpoints" / "last.pt")))
     return compiled
 
 

@@ -85,11 +85,11 @@ def decode(model: DagModule, sg: SpecGraph, parts: DiffusionParts, x0: Tensor) -
 def encode(model: DagModule, sg: SpecGraph, parts: DiffusionParts, image: Tensor) -> Tensor:
     """An image batch mapped to the space the schedule noises (for inpainting): that space must be pixels."""
     node, port = parts.data
-    images = [n for n in sg.spec.inputs if (t := sg.node(n).get("type")) and t.kind == "Image"]
     if sg.node(node)["kind"] == "input":
         return image
     program = model.program([f"{node}.{port}"], "eval")
     args = program_arguments(program)
+    images = [n for n in sg.spec.inputs if (t := sg.node(n).get("type")) and t.kind == "Image"]
     if len(args) != 1 or args[0] not in images:
         raise CannotSample.at(None, f"--inpaint: '{sg.spec.name}' does not diffuse pixels of one image input",
                               hint="inpainting needs a model whose schedule noises the image itself")  # fmt: skip

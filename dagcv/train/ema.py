@@ -21,7 +21,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -76,3 +76,8 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         self.average = {n: t.clone() for n, t in state["average"].items()}
         self.updates = state["updates"]
+
+
+def averaged_weights(ema: WeightAverage | None, model: nn.Module) -> AbstractContextManager:
+    """``model`` with the averaged weights while inside, when a loop keeps an average; as it is otherwise."""
+    return ema.swapped_into(model) if ema is not None else nullcontext(model)

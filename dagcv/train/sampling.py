@@ -30,8 +30,8 @@ class CannotSample(SpecError):
     """The model defines no sampler, or its sampler needs something ``dagcv sample`` cannot give."""
 
 
-def sample_program(model: DagModule, sg: SpecGraph) -> Any:
-    """The program computing the ``samples`` output, or :class:`CannotSample` saying how to define one."""
+def require_sampler(sg: SpecGraph) -> None:
+    """:class:`CannotSample` saying how to define a sampler, unless the spec has a ``samples`` output."""
     if SAMPLES not in sg.outputs:
         raise CannotSample.at(
             sg.spec.source.key("outputs") if sg.spec.outputs else sg.spec.source.key(),
@@ -39,7 +39,19 @@ def sample_program(model: DagModule, sg: SpecGraph) -> Any:
             hint="add `samples: <node>` to outputs: the generator (GAN), or a decoder fed by a noise source "
             "in `mode: sample` (VAE); images in [0, 1]",
         )
+
+
+def sample_program(model: DagModule, sg: SpecGraph) -> Any:
+    """The program computing the ``samples`` output, or :class:`CannotSample` saying how to define one."""
+    require_sampler(sg)
     return model.program([SAMPLES], "sample")
+
+
+def run_weights(state: dict[str, Any], *, averaged: bool = True) -> dict[str, Any]:
+    """The model weights of a checkpoint to sample with: the average a loop kept (its state's ``ema``) when there
+    is one and ``averaged``, else the trained weights."""
+    ema = (state.get("loop") or {}).get("ema")
+    return ema["average"] if averaged and ema else state["model"]
 
 
 def class_count(sg: SpecGraph, label_input: str) -> int | None:
@@ -128,7 +140,7 @@ def draw(
         program = sample_program(model, sg)
         args = sampling_arguments(program, sg, compiled.built.objects, n, seed=seed, label=label, device=device)
     else:
-        sample_program(model, sg)  # no `samples` output: say so
+        require_sampler(sg)  # the diffusion path lowers its own programs
     was_training = model.training
     tempered = [m for m in model.modules() if hasattr(m, "temperature")]
     saved = [m.temperature for m in tempered]
@@ -221,7 +233,7 @@ def sample_run(
     spec = load_spec(run / "spec.resolved.yaml")
     compiled = compile_spec(spec)
     sg = compiled.built.sg
-    sample_program(compiled.module, sg)  # no sampler: say so before loading anything
+    require_sampler(sg)  # before loading anything
     parts = diffusion_parts(sg)
     flags = {k: v for k, v in (sampler or {}).items() if v is not None}
     if parts is None and (flags or inpaint or mask):
@@ -230,8 +242,8 @@ def sample_run(
                               hint="sampler settings and inpainting apply to models with a noise schedule")  # fmt: skip
     settings = _sampler_settings(spec, flags, inpaint is not None) if parts is not None else None
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    averaged = (state.get("loop") or {}).get("ema")
-    compiled.module.load_state_dict(averaged["average"] if use_ema and averaged else state["model"], strict=True)
+    weights = run_weights(state, averaged=use_ema)
+    compiled.module.load_state_dict(weights, strict=True)
     if temperature is not None and not any(hasattr(m, "temperature") for m in compiled.module.modules()):
         raise CannotSample.at(None, f"--temperature: nothing in '{spec.name}' samples with a temperature",
                               hint="temperature scales the logits of a prior over codes")  # fmt: skip
@@ -242,7 +254,7 @@ def sample_run(
     save_samples(images, output)
     tensors = output.with_suffix(".pt")
     record = {"seed": seed, "label": label, "temperature": temperature,
-              "sampler": settings.model_dump() if settings else None, "ema": bool(use_ema and averaged)}  # fmt: skip
+              "sampler": settings.model_dump() if settings else None, "ema": weights is not state["model"]}  # fmt: skip
     with atomic_file(tensors) as f:
         torch.save({"samples": images.cpu(), **record}, f)
     return {"image": str(output), "tensors": str(tensors), "shape": list(images.shape), **record}

@@ -17,7 +17,7 @@ import torch
 from dagcv.compiler import Compiled
 from dagcv.train.context import RunContext
 from dagcv.train.diffusion_config import DiffusionConfig
-from dagcv.train.ema import WeightAverage
+from dagcv.train.ema import WeightAverage, averaged_weights
 from dagcv.train.loops.supervised import SupervisedLoop
 from dagcv.train.sampling import draw
 
@@ -32,18 +32,17 @@ class DiffusionLoop(SupervisedLoop):
         ema = cfg.ema
         self.ema = WeightAverage(self.model, decay=ema.decay, warmup=ema.warmup) if ema else None
 
+    @property
+    def grid_size(self) -> int:
+        return self.cfg.samples
+
     def after_step(self) -> None:
         if self.ema is not None:
             self.ema.update(self.model)
 
     def draw_samples(self) -> torch.Tensor:
-        if self.ema is None:
-            return self._draw()
-        with self.ema.swapped_into(self.model):
-            return self._draw()
-
-    def _draw(self) -> torch.Tensor:
-        return draw(self.compiled, self.cfg.samples, seed=self.cfg.seed, device=self.device, sampler=self.cfg.sampler)
+        with averaged_weights(self.ema, self.model):
+            return draw(self.compiled, self.grid_size, seed=self.cfg.seed, device=self.device, sampler=self.cfg.sampler)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ema": self.ema.state_dict() if self.ema else None}

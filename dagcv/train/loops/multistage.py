@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from dagcv.files import atomic_file
 from dagcv.lower import program_arguments
 from dagcv.train.context import RunContext, RunResult, check_finite
 from dagcv.train.data import TensorLoader, move_to, open_split
-from dagcv.train.ema import WeightAverage
+from dagcv.train.ema import WeightAverage, averaged_weights
 from dagcv.train.multistage_config import MultistageConfig, StageConfig
 from dagcv.train.optim import make_optimizer, make_scheduler
 from dagcv.train.sampling import SAMPLES, draw
@@ -227,7 +226,7 @@ class MultistageLoop:
         progress.epoch_line(record, self.epochs)
         last_stage = self.stage + 1 == len(self.cfg.stages)
         if last_stage and SAMPLES in self.sg.outputs and self.cfg.samples > 0:
-            with self.ema.swapped_into(self.model) if self.ema is not None else nullcontext():
+            with averaged_weights(self.ema, self.model):
                 images = draw(self.compiled, self.cfg.samples, seed=self.cfg.seed, device=self.device,
                               sampler=self.cfg.sampler)  # fmt: skip
             self.ctx.save_images(f"samples_{stage.name}_epoch{math.ceil(epoch):03d}.png", images)

@@ -161,7 +161,7 @@ class SupervisedLoop:
             record.update({f"{self.cfg.eval_split}/{k}": v for k, v in self.evaluate().items()})
         self.ctx.log(record)
         progress.epoch_line(record, self.epochs)
-        if SAMPLES in self.compiled.built.sg.outputs and getattr(self.cfg, "samples", 64) > 0:  # a VAE: a grid
+        if SAMPLES in self.compiled.built.sg.outputs and self.grid_size > 0:  # a generative model (a VAE): a grid
             self.ctx.save_images(f"samples_epoch{math.ceil(epoch):03d}.png", self.draw_samples())
         stop = self._early_stopping(record)
         if self.cfg.checkpoint_every is None or self.step % self.cfg.checkpoint_every:
@@ -171,9 +171,14 @@ class SupervisedLoop:
     def after_step(self) -> None:
         """Called after every optimizer step (a subclass averages weights here)."""
 
+    @property
+    def grid_size(self) -> int:
+        """How many samples the grid drawn after every epoch holds (0: none)."""
+        return 64
+
     def draw_samples(self) -> torch.Tensor:
         """The grid drawn after every epoch of a model with a ``samples`` output."""
-        return draw(self.compiled, 64, seed=self.cfg.seed, device=self.device)
+        return draw(self.compiled, self.grid_size, seed=self.cfg.seed, device=self.device)
 
     def _early_stopping(self, record: dict[str, Any]) -> bool:
         es = self.cfg.early_stopping
